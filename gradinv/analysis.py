@@ -8,6 +8,8 @@ from torch import nn
 
 from gradinv.attacks.exact import first_linear
 from gradinv.attacks.labels import classifier
+from gradinv.attacks.rgap import LayerRank, rank_report
+from gradinv.attacks.spear import relu_after
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ def applicable_attacks(model: nn.Module, image_shape: tuple[int, int, int], batc
       sample, and for the samples of a batch that drive some row alone.
     - ``idlg`` labels: batch size 1 and a final ``nn.Linear`` classifier.
     - ``trap_weights``: as the bias trick, for a malicious server that sets the first layer's weights.
+    - ``spear``: as the bias trick, with a ReLU after that layer and more units than ``batch_size``; exact for the
+      whole batch (the sampling cost grows as ``B 2^(B-1)``).
+    - ``rgap``: batch size 1 and a chain of conv/linear layers with invertible activations; exact when every layer
+      is rank-sufficient (:func:`rank_report`, computed here only for batch size 1).
     - ``imprint``: always, for a malicious server that may prepend its module.
     """
     if batch_size < 1:
@@ -63,6 +69,8 @@ def applicable_attacks(model: nn.Module, image_shape: tuple[int, int, int], batc
             else bias.reason,
         )
     )
+    results.append(_spear(model, image_shape, batch_size, bias))
+    results.append(_rgap(model, image_shape, batch_size))
     results.append(
         Applicability(
             "imprint",
@@ -72,3 +80,35 @@ def applicable_attacks(model: nn.Module, image_shape: tuple[int, int, int], batc
         )
     )
     return results
+
+
+def _spear(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int, bias: Applicability) -> Applicability:
+    if not bias.applies:
+        return Applicability("spear", False, False, bias.reason)
+    name, layer = first_linear(model, image_shape)
+    try:
+        relu_after(model, name)
+    except ValueError as err:
+        return Applicability("spear", False, False, str(err))
+    if batch_size >= min(layer.out_features, layer.in_features):
+        return Applicability("spear", False, False, f"{layer.out_features} units do not exceed the batch {batch_size}")
+    samples = batch_size * 2 ** (batch_size - 1)
+    cost = "" if batch_size <= 16 else f"; batch {batch_size} needs about {samples:.1e} samples"
+    return Applicability("spear", True, True, f"first layer {name!r} is linear with bias and ReLU: whole batch{cost}")
+
+
+def _rgap(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int) -> Applicability:
+    if batch_size != 1:
+        return Applicability("rgap", False, False, f"R-GAP inverts one sample; batch size {batch_size}")
+    try:
+        ranks = rank_report(model, image_shape)
+    except ValueError as err:
+        return Applicability("rgap", False, False, str(err))
+    short = [r for r in ranks if not r.sufficient]
+    if short:
+        where = ", ".join(f"{r.layer!r} rank {r.rank} < {r.unknowns}" for r in short)
+        return Applicability("rgap", True, False, f"rank-deficient ({where}): approximate only")
+    return Applicability("rgap", True, True, f"every one of {len(ranks)} layers is rank-sufficient")
+
+
+__all__ = ["Applicability", "LayerRank", "applicable_attacks", "rank_report"]

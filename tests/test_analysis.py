@@ -20,3 +20,25 @@ def test_applicability_matches_what_the_attacks_do() -> None:
         gi.attacks.make("bias_trick").reconstruct(gi.observe(lenet, images, labels))
     with pytest.raises(ValueError, match="batch_size"):
         gi.analysis.applicable_attacks(mlp, (3, 32, 32), 0)
+
+
+def test_applicability_of_spear_and_rgap() -> None:
+    mlp = gi.models.make("mlp", hidden=(64,), seed=0)
+    cnn6 = gi.models.make("cnn6", image_shape=(3, 16, 16), seed=0)
+    narrow = gi.models.make("cnn6", image_shape=(3, 16, 16), seed=0, channels=(3, 9, 9, 9, 16, 32))
+    verdict = {
+        key: {a.attack: a for a in gi.analysis.applicable_attacks(model, shape, batch)}
+        for key, model, shape, batch in [
+            ("mlp8", mlp, (3, 32, 32), 8),
+            ("mlp64", mlp, (3, 32, 32), 64),
+            ("cnn6", cnn6, (3, 16, 16), 1),
+            ("narrow", narrow, (3, 16, 16), 1),
+            ("cnn6x2", cnn6, (3, 16, 16), 2),
+        ]
+    }
+    assert verdict["mlp8"]["spear"].exact and not verdict["mlp64"]["spear"].applies
+    assert not verdict["cnn6"]["spear"].applies and "not nn.Linear" in verdict["cnn6"]["spear"].reason
+    assert verdict["cnn6"]["rgap"].exact and "rank-sufficient" in verdict["cnn6"]["rgap"].reason
+    assert verdict["narrow"]["rgap"].applies and not verdict["narrow"]["rgap"].exact
+    assert "rank-deficient" in verdict["narrow"]["rgap"].reason and "< 768" in verdict["narrow"]["rgap"].reason
+    assert not verdict["cnn6x2"]["rgap"].applies and "one sample" in verdict["cnn6x2"]["rgap"].reason

@@ -11,6 +11,8 @@ from gradinv.attacks.dlg import DLG
 from gradinv.attacks.idlg import IDLG
 from gradinv.attacks.imprint import Imprint
 from gradinv.attacks.inverting_gradients import InvertingGradients
+from gradinv.attacks.rgap import RGAP
+from gradinv.attacks.spear import SPEAR
 from gradinv.attacks.trap_weights import TrapWeights
 
 REGISTRY: dict[str, type[Attack]] = {
@@ -18,6 +20,8 @@ REGISTRY: dict[str, type[Attack]] = {
     "idlg": IDLG,
     "inverting_gradients": InvertingGradients,
     "bias_trick": BiasTrick,
+    "rgap": RGAP,
+    "spear": SPEAR,
     "imprint": Imprint,
     "trap_weights": TrapWeights,
 }
@@ -35,6 +39,16 @@ SUMMARY: dict[str, tuple[str, str, str]] = {
         "Phong et al., IEEE TIFS 2018; Geiping et al. 2020 Prop. 3.1",
         "honest server, gradient",
         "a fully connected first layer with bias; exact",
+    ),
+    "rgap": (
+        "Zhu & Blaschko, ICLR 2021 (R-GAP)",
+        "honest server, gradient, batch 1",
+        "a chain of conv/linear layers with invertible activations; exact where rank-sufficient",
+    ),
+    "spear": (
+        "Dimitrov et al., NeurIPS 2024 (SPEAR)",
+        "honest server, gradient, batches",
+        "a fully connected first layer with bias and ReLU; exact per consistent sample",
     ),
     "imprint": (
         "Fowl et al., ICLR 2022 (Robbing the Fed)",
@@ -75,6 +89,8 @@ __all__ = [
     "Imprint",
     "TrapWeights",
     "IDLG",
+    "RGAP",
+    "SPEAR",
     "Attack",
     "Callback",
     "InvertingGradients",

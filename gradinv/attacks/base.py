@@ -40,6 +40,8 @@ class Attack(ABC):
 
     name: ClassVar[str]
     requires: ClassVar[frozenset[str]] = frozenset()
+    exact: ClassVar[bool] = False
+    """Analytic: where its conditions hold the answer is the data itself, whatever the seed."""
 
     def reconstruct(self, observation: Observation, *, callback: Callback | None = None) -> Reconstruction:
         """Reconstruct the client's images (and labels) from what the server observed.

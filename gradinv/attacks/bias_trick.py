@@ -29,6 +29,7 @@ class BiasTrick(Attack):
     """
 
     name = "bias_trick"
+    exact = True
     requires = frozenset()
 
     def __init__(self, *, tol: float = 1e-4, label_strategy: str = "auto", batch_size: int | None = None) -> None:

@@ -78,6 +78,7 @@ class Imprint(Attack):
     """
 
     name = "imprint"
+    exact = True
     requires = frozenset()
 
     def __init__(

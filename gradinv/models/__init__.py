@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradinv.models.cnn6 import CNN6
 from gradinv.models.convnet import ConvNet
 from gradinv.models.lenet import LeNet
 from gradinv.models.mlp import MLP
@@ -19,6 +20,7 @@ REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet18": (resnet18, "ResNet-18 with a 3x3 stem for 32x32 inputs (BatchNorm)"),
     "resnet20": (resnet20, "CIFAR ResNet-20 of He et al. 2016 (BatchNorm)"),
     "resnet32": (resnet32, "CIFAR ResNet-32 of He et al. 2016 (BatchNorm)"),
+    "cnn6": (CNN6, "CNN6 of R-GAP (Zhu & Blaschko 2021): 6 bias-free convs + LeakyReLU(0.2); channels= for CNN6-d"),
     "mlp": (MLP, "fully connected ReLU network, hidden=(1000,)"),
 }
 

@@ -1,0 +1,259 @@
+"""SPEAR: exact inversion of a whole batch through a ReLU layer (Dimitrov, Baader, Müller & Vechev, "SPEAR: Exact
+Gradient Inversion of Batches in Federated Learning", NeurIPS 2024).
+
+For a linear layer ``Z = W X + b 1^T`` followed by ReLU, with the batch's inputs as the columns of ``X`` (``n x B``):
+
+- ``dL/dW = (dL/dZ) X^T`` has rank at most ``B`` (Theorem 3.1), so from its SVD ``dL/dW = L R`` with ``L`` ``(m x B)``
+  and ``R`` ``(B x n)`` there is an unknown invertible ``Q`` with ``dL/dZ = L Q`` and ``X^T = Q^{-1} R`` (Sec. 3.1);
+- ``dL/dZ`` is sparse: a ReLU passes no gradient to a unit it did not activate, so about half of each column is 0
+  (Sec. 3.2). If ``B - 1`` rows ``A`` of column ``i`` are all zero, ``q_i`` spans the kernel of ``L_A`` (Lemma 3.2):
+  sampling random ``(B-1)``-row submatrices and keeping kernels whose image ``L q`` is sparse finds the columns of
+  ``Q`` up to scale (Alg. 1);
+- the bias gradient ``dL/db = (dL/dZ) 1 = L Q 1`` fixes the scales (Sec. 3.3), and ``X^T = Q^{-1} R`` follows;
+- a recovered sample is certified when its column of ``dL/dZ`` is zero on exactly the units its recomputed
+  pre-activation leaves inactive (the paper's ReLU consistency check, Sec. 4).
+
+The chance that a random submatrix isolates one sample falls as ``2^{-(B-1)}``: the cost grows exponentially with
+the batch size, and a fixed sample budget fails more often as ``B`` grows (paper Fig. 5).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gradinv.attacks import labels as label_recovery
+from gradinv.attacks.base import Attack, Callback, Result
+from gradinv.attacks.exact import assign_labels, check_single_step, first_linear
+from gradinv.fl.client import denormalize
+from gradinv.observation import Observation
+
+
+def relu_after(model: nn.Module, layer_name: str) -> None:
+    """Raise ``ValueError`` unless the module run right after ``layer_name`` is a ReLU."""
+    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+    names = [n for n, _ in leaves]
+    position = names.index(layer_name)
+    following = leaves[position + 1][1] if position + 1 < len(leaves) else None
+    if not isinstance(following, nn.ReLU):
+        kind = "nothing" if following is None else type(following).__name__
+        raise ValueError(f"SPEAR needs a ReLU after the first linear layer {layer_name!r}; it is followed by {kind}")
+
+
+def low_rank_factors(weight_grad: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``dL/dW ~= L R`` from the top ``batch_size`` singular triplets: ``L = U S`` ``(m, B)``, ``R = V^T`` ``(B, n)``;
+    also returns all singular values."""
+    u, s, vh = torch.linalg.svd(weight_grad, full_matrices=False)
+    return u[:, :batch_size] * s[:batch_size], vh[:batch_size], s
+
+
+def estimate_batch_size(singular_values: torch.Tensor, rel_tol: float = 1e-5) -> int:
+    """The numerical rank of ``dL/dW`` (Theorem 3.1: the batch size, when ``B`` is below both dimensions)."""
+    return max(int((singular_values > rel_tol * singular_values[0]).sum()), 1)
+
+
+def sample_directions(
+    left: torch.Tensor,
+    samples: int,
+    generator: torch.Generator,
+    *,
+    zero_tol: float,
+    min_zeros: int,
+    chunk: int = 8192,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernels of random ``(B-1) x B`` row submatrices of ``L`` whose image ``L q`` is sparse (Alg. 1, lines 3-9).
+
+    Rows of ``L`` that vanish (units no sample activated) are left out: they are zero in every direction. A kernel is
+    kept only if it is one-dimensional (the submatrix has rank ``B - 1``) and ``L q`` has at least ``min_zeros`` entries
+    below ``zero_tol * max |L q|`` among the remaining units. Returns ``(directions (K, B), zero counts (K,))``.
+    """
+    norms = left.norm(dim=1)
+    live = norms > zero_tol * norms.max()  # units no sample activated carry no information
+    left = left[live]
+    rows, size = left.shape
+    if rows < size - 1:
+        return left.new_zeros((0, size)), torch.zeros(0, dtype=torch.long)
+    kept, zeros_kept = [], []
+    left_norm = left / norms[live, None]
+    done = 0
+    while done < samples:
+        count = min(chunk, samples - done)
+        done += count
+        picks = torch.rand(count, rows, generator=generator, dtype=torch.float64).argsort(dim=1)[:, : size - 1]
+        sub = left_norm[picks]  # (count, B-1, B)
+        # the kernel of sub is the last column of the complete QR of sub^T; rank B-1 iff R's diagonal has no zero
+        basis, triangle = torch.linalg.qr(sub.transpose(1, 2), mode="complete")
+        diagonal = triangle.diagonal(dim1=1, dim2=2).abs()
+        simple = diagonal.amin(dim=1) > 1e-8 if size > 1 else torch.ones(count, dtype=torch.bool)
+        q = basis[simple, :, -1]  # (k, B)
+        image = q @ left.T  # (k, m)
+        small = image.abs() <= zero_tol * image.abs().amax(dim=1, keepdim=True)
+        zeros = small.sum(dim=1)
+        good = zeros >= min_zeros
+        kept.append(q[good])
+        zeros_kept.append(zeros[good])
+    return torch.cat(kept), torch.cat(zeros_kept)
+
+
+def select_directions(directions: torch.Tensor, zeros: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Greedy filtering (Alg. 1, GreedyFilter): take the sparsest directions that stay linearly independent of those
+    already chosen (which also merges duplicates). Returns up to ``batch_size`` unit columns ``(B, k)``."""
+    if directions.shape[0] == 0:
+        return directions.new_zeros((batch_size, 0))
+    unit = directions / directions.norm(dim=1, keepdim=True)
+    chosen: list[torch.Tensor] = []
+    basis = unit.new_zeros((unit.shape[1], 0))  # orthonormal basis of the chosen span, grown by Gram-Schmidt
+    for index in zeros.argsort(descending=True, stable=True).tolist():
+        q = unit[index]
+        residual = q - basis @ (basis.T @ q)
+        if float(residual.norm()) < 0.1:  # a duplicate, or in the span of the chosen ones
+            continue
+        chosen.append(q)
+        basis = torch.cat([basis, (residual / residual.norm())[:, None]], dim=1)
+        if len(chosen) == batch_size:
+            break
+    return torch.stack(chosen, dim=1)
+
+
+def relu_consistency(
+    gradient_z: torch.Tensor, pre_activation: torch.Tensor, zero_tol: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, whether ``dL/dZ`` vanishes exactly on the units the recomputed ``Z`` leaves inactive
+    (SPEAR Sec. 4). Returns ``(consistent (B,) bool, fraction of units that agree (B,))``."""
+    scale = gradient_z.abs().amax(dim=0, keepdim=True).clamp_min(1e-300)
+    zero = gradient_z.abs() <= zero_tol * scale
+    inactive = pre_activation <= 0
+    borderline = pre_activation.abs() <= 1e-6 * pre_activation.abs().amax(dim=0, keepdim=True)
+    agree = (zero == inactive) | borderline
+    fraction = agree.double().mean(dim=0)
+    return fraction == 1.0, fraction
+
+
+CHUNK = 8192
+"""Submatrices drawn between two attempts to solve the batch."""
+
+
+def solve_batch(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    bias_grad: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    columns: torch.Tensor,
+    zero_tol: float,
+) -> tuple[torch.Tensor, list[bool], torch.Tensor, int]:
+    """Scale the found directions with the bias gradient (``L Q diag(s) 1 = dL/db``), invert ``X^T = Q^{-1} R`` and
+    certify each sample by ReLU consistency. Missing directions are completed by an orthonormal basis (those samples
+    are never flagged exact). Returns ``(inputs (B, n), exact, agreement, found)``."""
+    size, found = right.shape[0], columns.shape[1]
+    if found < size:
+        basis = torch.linalg.qr(torch.cat([columns, torch.eye(size, dtype=torch.float64)], dim=1)).Q
+        columns = torch.cat([columns, basis[:, found:size]], dim=1)
+    scales = torch.linalg.lstsq(left @ columns, bias_grad[:, None]).solution[:, 0]
+    q = columns * scales
+    inputs = torch.linalg.lstsq(q, right).solution  # (B, n) = X^T
+    consistent, agreement = relu_consistency(left @ q, weight @ inputs.T + bias[:, None], zero_tol)
+    exact = [bool(c) and found == size for c in consistent.tolist()]
+    return inputs, exact, agreement, found
+
+
+class SPEAR(Attack):
+    """SPEAR (Dimitrov et al., NeurIPS 2024): the whole batch, exactly, from the first linear+ReLU layer's gradient.
+
+    Needs a fully connected first layer with bias followed by ReLU (an MLP's, or the input of a linear head given
+    its features), more units than the batch size, and a gradient or one local step. The batch size comes from the
+    threat model, else from ``batch_size``, else from the rank of the layer's gradient. ``info["exact"]`` flags each
+    sample that passes the ReLU consistency check; ``info["found"]`` is the number of directions recovered.
+
+    Args:
+        samples: the submatrix budget (the paper's ``N``); the expected need grows as ``B 2^(B-1)``.
+        zero_tol: an entry of ``L q`` counts as zero below ``zero_tol`` times the largest (the gradient is float32).
+        min_sparsity: a kept direction must zero at least this fraction of the units (ReLU zeroes about half of
+            them per sample at initialisation; a random kernel direction zeroes only ``B - 1``).
+        batch_size: the batch size when the threat model withholds it (default: the gradient's numerical rank).
+        label_strategy: label recovery used when the batch is not recovered whole.
+        seed: seeds the submatrix sampling.
+    """
+
+    name = "spear"
+    exact = True
+    requires = frozenset()
+
+    def __init__(
+        self,
+        *,
+        samples: int = 500_000,
+        zero_tol: float = 1e-5,
+        min_sparsity: float = 0.15,
+        batch_size: int | None = None,
+        label_strategy: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        if not 0 < zero_tol < 1:
+            raise ValueError(f"zero_tol must be in (0, 1), got {zero_tol}")
+        if not 0 < min_sparsity < 1:
+            raise ValueError(f"min_sparsity must be in (0, 1), got {min_sparsity}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if label_strategy not in label_recovery.names():
+            raise ValueError(f"unknown label_strategy {label_strategy!r}; available: {label_recovery.names()}")
+        self.samples, self.zero_tol, self.min_sparsity = samples, zero_tol, min_sparsity
+        self.batch_size, self.label_strategy, self.seed = batch_size, label_strategy, seed
+
+    def run(self, observation: Observation, callback: Callback | None) -> Result:
+        check_single_step(observation, self.name)
+        name, layer = first_linear(observation.model, observation.image_shape)
+        relu_after(observation.model, name)
+        weight_grad = observation.update[f"{name}.weight"].double()
+        bias_grad = observation.update[f"{name}.bias"].double()
+        units = weight_grad.shape[0]
+        left, right, singular = low_rank_factors(weight_grad, min(weight_grad.shape))
+        size = observation.batch_size or self.batch_size or estimate_batch_size(singular)
+        if size > min(weight_grad.shape):
+            raise ValueError(
+                f"SPEAR needs more units ({units}) and input entries ({weight_grad.shape[1]}) than the batch ({size})"
+            )
+        left, right = left[:, :size], right[:size]
+        generator = torch.Generator().manual_seed(self.seed)
+        live = int((left.norm(dim=1) > self.zero_tol * left.norm(dim=1).max()).sum())
+        min_zeros = max(size, int(self.min_sparsity * live))
+        weight = layer.weight.detach().double()
+        bias = layer.bias.detach().double()  # type: ignore[union-attr]
+        pool: list[tuple[torch.Tensor, torch.Tensor]] = []
+        drawn = 0
+        while True:  # sample in chunks; stop once every sample is recovered and certified
+            if size == 1:  # one sample: Q is a scalar, fixed by the bias gradient
+                pool.append((torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.long)))
+                directions, zeros = pool[0]
+                inputs, exact, agreement, found = solve_batch(
+                    left, right, bias_grad, weight, bias, directions.T, self.zero_tol
+                )
+                break
+            chunk = min(CHUNK, self.samples - drawn)
+            drawn += chunk
+            pool.append(sample_directions(left, chunk, generator, zero_tol=self.zero_tol, min_zeros=min_zeros))
+            directions, zeros = (torch.cat(parts) for parts in zip(*pool, strict=True))
+            inputs, exact, agreement, found = solve_batch(
+                left, right, bias_grad, weight, bias, select_directions(directions, zeros, size), self.zero_tol
+            )
+            if all(exact) or drawn >= self.samples:
+                break
+        images = inputs.float().reshape(size, *observation.image_shape)
+        found_labels = assign_labels(observation, images) if all(exact) else None
+        labels = (
+            found_labels if found_labels is not None else label_recovery.recover(self.label_strategy, observation, size)
+        )
+        if callback is not None:
+            callback(1, 1, 0.0)
+        info = {
+            "exact": exact,
+            "found": found,
+            "batch_size": size,
+            "candidates": int(directions.shape[0]),
+            "samples_drawn": drawn,
+            "relu_agreement": [round(float(a), 6) for a in agreement],
+            "label_source": "classifier gradient" if found_labels is not None else self.label_strategy,
+        }
+        return Result(denormalize(images, observation.threat.normalization), labels, [], info)
