@@ -8,7 +8,7 @@ rec = gi.attacks.make("idlg").reconstruct(obs)
 print(gi.metrics.score(rec, images, labels))
 """
 
-from gradinv import analysis, attacks, data, defenses, metrics, models
+from gradinv import analysis, attacks, data, defenses, evaluate, metrics, models
 from gradinv.fl.client import observe
 from gradinv.observation import Observation, Reconstruction, ThreatModel
 
@@ -19,6 +19,7 @@ __all__ = [
     "Reconstruction",
     "ThreatModel",
     "analysis",
+    "evaluate",
     "attacks",
     "data",
     "defenses",

@@ -115,7 +115,8 @@ class Observation:
         threat: the threat model this observation was made under.
         image_shape: ``(C, H, W)`` of one input, public because the server defines the input format.
         num_classes: the model's number of outputs.
-        labels: ``(N,)`` int64 labels, only if ``threat.knows_labels``.
+        labels: ``(N,)`` int64 labels, only if ``threat.knows_labels`` (``(N, K)`` soft labels when a defense mixes
+            them: MixUp, InstaHide).
         batch_size: ``N``, only if ``threat.knows_batch_size``.
         bn_stats: per BatchNorm module name, the batch ``(mean, var)`` of its input, only if ``threat.knows_bn_stats``.
         model_spec: ``{"name": ..., **kwargs}`` when the model came from ``gi.models.make`` (lets ``load`` rebuild it).

@@ -106,13 +106,12 @@ def check_single_step(observation: Observation, attack: str) -> None:
         )
 
 
-def assign_labels(observation: Observation, inputs: torch.Tensor) -> torch.Tensor | None:
-    """Labels of recovered inputs from the classifier's gradient, when the whole batch was recovered.
+def classifier_targets(observation: Observation, inputs: torch.Tensor) -> torch.Tensor:
+    """The ``(N, K)`` training targets of known (normalised) inputs, read off the classifier's gradient.
 
-    With softmax cross-entropy over a batch of ``N``, ``dL/dW = (1/N) sum_n (p_n - e_{y_n}) h_n^T`` for the features
-    ``h_n`` feeding the last linear layer. Knowing every ``x_n`` gives ``p_n`` and ``h_n``, so
-    ``Y^T H = sum_n p_n h_n^T - N dL/dW`` is linear in the one-hot labels ``Y``: solved by least squares and rounded.
-    Returns ``None`` if the solution is not (close to) one-hot.
+    With softmax cross-entropy over a batch of ``N``, ``dL/dW = (1/N) sum_n (p_n - t_n) h_n^T`` for the features
+    ``h_n`` feeding the last linear layer and targets ``t_n`` (one-hot, or mixed by MixUp/InstaHide). Knowing every
+    ``x_n`` gives ``p_n`` and ``h_n``, so ``T^T H = sum_n p_n h_n^T - N dL/dW`` is linear in ``T``: least squares.
     """
     from gradinv.attacks.labels import classifier
 
@@ -125,9 +124,15 @@ def assign_labels(observation: Observation, inputs: torch.Tensor) -> torch.Tenso
     scale = observation.threat.local_lr if observation.threat.update == "fedavg" else 1.0
     grad = observation.update[weight_name].double() / scale
     h, p = features.double(), torch.softmax(logits.double(), dim=-1)
-    target = p.T @ h - n * grad  # (K, D_h) = Y^T H
-    onehot = target @ torch.linalg.pinv(h)  # (K, N)
-    labels = onehot.argmax(dim=0)
-    if (onehot - torch.nn.functional.one_hot(labels, onehot.shape[0]).T.double()).abs().max() > 0.1:
+    target = p.T @ h - n * grad  # (K, D_h) = T^T H
+    return (target @ torch.linalg.pinv(h)).T  # (N, K)
+
+
+def assign_labels(observation: Observation, inputs: torch.Tensor) -> torch.Tensor | None:
+    """Labels of recovered inputs from the classifier's gradient (:func:`classifier_targets`, rounded), when the
+    whole batch was recovered. Returns ``None`` if the targets are not (close to) one-hot."""
+    targets = classifier_targets(observation, inputs)
+    labels = targets.argmax(dim=1)
+    if (targets - torch.nn.functional.one_hot(labels, targets.shape[1]).double()).abs().max() > 0.1:
         return None
     return labels

@@ -6,6 +6,8 @@ from typing import Any
 
 from gradinv.defenses.base import Defense
 from gradinv.defenses.dpsgd import DPSGD
+from gradinv.defenses.instahide import InstaHide
+from gradinv.defenses.mixup import MixUp
 from gradinv.defenses.noise import Noise
 from gradinv.defenses.prune import Prune
 from gradinv.defenses.quantize import Quantize
@@ -18,6 +20,8 @@ REGISTRY: dict[str, tuple[type[Defense], str]] = {
     "prune": (Prune, "zero the smallest-magnitude fraction of each tensor (DLG; Huang et al. 2021); ratio"),
     "quantize": (Quantize, "uniform per-tensor quantisation; bits"),
     "sign": (Sign, "signSGD: share the signs only (Bernstein et al. 2018)"),
+    "mixup": (MixUp, "MixUp of k client images and labels (Zhang et al. 2018; Huang et al. 2021: k=4, bound 0.65)"),
+    "instahide": (InstaHide, "InstaHide (Huang et al. ICML 2020): MixUp of k images + random sign flip; k, bounds"),
     "soteria": (Soteria, "Soteria (Sun et al. CVPR 2021): mask the representation's gradient; pruning_rate"),
 }
 
@@ -42,4 +46,17 @@ def make(name: str, **kwargs: Any) -> Defense:
         raise TypeError(f"defense {name!r}: {err}") from err
 
 
-__all__ = ["DPSGD", "Defense", "Noise", "Prune", "Quantize", "Sign", "Soteria", "describe", "make", "names"]
+__all__ = [
+    "DPSGD",
+    "Defense",
+    "InstaHide",
+    "MixUp",
+    "Noise",
+    "Prune",
+    "Quantize",
+    "Sign",
+    "Soteria",
+    "describe",
+    "make",
+    "names",
+]

@@ -14,8 +14,9 @@ class Defense:
     """Base class: subclasses set ``name`` and override :meth:`apply` (most), or :meth:`client_update` and
     :meth:`prepare_model` when the defense changes the client's training itself (DP-SGD).
 
-    Defenses compose in list order: ``prepare_model`` hooks run before the round, at most one defense replaces the
-    client's training step, and every ``apply`` then transforms the update in turn.
+    Defenses compose in list order: ``prepare_model`` hooks run before the round, ``encode`` hooks transform the
+    client's data, at most one defense replaces the client's training step, and every ``apply`` then transforms the
+    update in turn.
     """
 
     name: ClassVar[str]
@@ -23,6 +24,14 @@ class Defense:
     def apply(self, update: dict[str, torch.Tensor], *, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The update the defended client shares instead of ``update`` (not modified in place)."""
         return dict(update)
+
+    def encode(
+        self, images: torch.Tensor, targets: torch.Tensor, *, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data obscuration: the pixel images in [0, 1] and ``(N, K)`` soft targets the defended client trains on
+        instead of ``images`` and ``targets`` (one-hot). Unchanged unless the defense obscures data (MixUp,
+        InstaHide)."""
+        return images, targets
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The model as the defended protocol broadcasts it (unchanged unless the defense needs otherwise)."""

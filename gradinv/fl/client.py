@@ -126,6 +126,22 @@ def num_outputs(model: nn.Module, image_shape: tuple[int, ...]) -> int:
     return int(out.shape[1])
 
 
+def encode_batch(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, defenses: Sequence[Defense], seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data a client with ``defenses`` trains on: its images and labels, or, if a defense obscures data (MixUp,
+    InstaHide), the encodings and ``(N, K)`` soft labels. :func:`observe` calls this with its ``seed``, so evaluation
+    code gets the very encodings the client used."""
+    encoders = [d for d in defenses if type(d).encode is not Defense.encode]
+    if not encoders:
+        return images, labels
+    generator = torch.Generator().manual_seed(seed)
+    targets = F.one_hot(labels, num_classes).float()
+    for defense in encoders:
+        images, targets = defense.encode(images, targets, generator=generator)
+    return images, targets
+
+
 def observe(
     model: nn.Module,
     images: torch.Tensor,
@@ -163,6 +179,7 @@ def observe(
     except RuntimeError as err:
         raise ValueError(f"the model does not accept inputs of shape (N, *{image_shape}): {err}") from err
     labels = check_labels(labels, images.shape[0], num_classes)
+    images, targets = encode_batch(images, labels, num_classes, defenses, seed)
     inputs = normalize(images, threat.normalization)
     broadcast = copy.deepcopy(model).train(threat.bn_mode == "train")
     client = copy.deepcopy(broadcast)
@@ -170,8 +187,8 @@ def observe(
         torch.manual_seed(seed)
         bn = bn_statistics(copy.deepcopy(client), inputs) if threat.knows_bn_stats else None
         generator = torch.Generator().manual_seed(seed)
-        trained = trainers[0].client_update(client, inputs, labels, threat, generator) if trainers else None
-        update = trained if trained is not None else compute_update(client, inputs, labels, threat)
+        trained = trainers[0].client_update(client, inputs, targets, threat, generator) if trainers else None
+        update = trained if trained is not None else compute_update(client, inputs, targets, threat)
     names = [n for n, _ in broadcast.named_parameters()]
     shared = {n: u.detach().clone() for n, u in zip(names, update, strict=True)}
     for defense in defenses:
@@ -182,7 +199,7 @@ def observe(
         threat=threat,
         image_shape=image_shape,  # type: ignore[arg-type]
         num_classes=num_classes,
-        labels=labels.clone() if threat.knows_labels else None,
+        labels=targets.clone() if threat.knows_labels else None,
         batch_size=int(images.shape[0]) if threat.knows_batch_size else None,
         bn_stats=bn,
         model_spec=getattr(model, "gradinv_spec", None),

@@ -1,0 +1,117 @@
+"""MixUp as a defense (Zhang, Cisse, Dauphin & Lopez-Paz, "mixup: Beyond Empirical Risk Minimization", ICLR 2018),
+in the k-image form Huang et al. (NeurIPS 2021, Sec. 5) evaluate against gradient inversion."""
+
+from __future__ import annotations
+
+import torch
+
+from gradinv.defenses.base import Defense
+
+
+def mixing(
+    n: int, k: int, upper_bound: float, lower_bound: float, generator: torch.Generator, *, max_draws: int = 10_000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partners and coefficients for ``n`` encodings of ``k`` images each, drawn from a pool of ``n`` images.
+
+    As Huang et al.'s code: the ``k`` partner columns are independent random permutations of the pool, each row
+    redrawn until its ``k`` images differ; coefficients follow Dirichlet(3, 1, ..., 1) and are redrawn until every one
+    lies in ``[lower_bound, upper_bound]``.
+
+    Returns:
+        ``(partners (n, k) int64, coefficients (n, k))``, each row of coefficients summing to 1.
+    """
+    partners = torch.stack([torch.randperm(n, generator=generator) for _ in range(k)], dim=1)
+    for row in range(n):
+        for _ in range(max_draws):
+            if len(set(partners[row].tolist())) == k:
+                break
+            partners[row] = torch.randint(0, n, (k,), generator=generator)
+    concentration = torch.ones(k, dtype=torch.float64)
+    concentration[0] = 3.0
+    coefficients = torch.empty(n, k, dtype=torch.float64)
+    for row in range(n):
+        for _ in range(max_draws):
+            gamma = torch._standard_gamma(concentration, generator=generator)  # Dirichlet by normalised gammas
+            lam = gamma / gamma.sum()
+            if k == 1 or (float(lam.max()) <= upper_bound and float(lam.min()) >= lower_bound):
+                break
+        else:
+            raise ValueError(f"no Dirichlet draw met the bounds [{lower_bound}, {upper_bound}] in {max_draws} tries")
+        coefficients[row] = lam
+    return partners, coefficients.float()
+
+
+def mix(
+    images: torch.Tensor, targets: torch.Tensor, partners: torch.Tensor, coefficients: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum_j lambda_ij x_{partner_ij}`` and the same mixture of the soft labels."""
+    weights = coefficients[:, :, None, None, None]
+    return (weights * images[partners]).sum(1), (coefficients[:, :, None] * targets[partners]).sum(1)
+
+
+def check_mixing(k: int, upper_bound: float, lower_bound: float) -> None:
+    if not isinstance(k, int) or k < 2:
+        raise ValueError(f"k must be an integer >= 2 (images per encoding), got {k!r}")
+    if not 0 <= lower_bound <= 1 / k <= upper_bound <= 1:
+        raise ValueError(
+            f"coefficient bounds must satisfy 0 <= lower_bound <= 1/k <= upper_bound <= 1, "
+            f"got lower_bound={lower_bound}, upper_bound={upper_bound}, k={k}"
+        )
+
+
+class MixUp(Defense):
+    """The client trains on mixtures of ``k`` of its images (and of their labels) instead of the images.
+
+    The mixing pool is the client's batch (each image appears in ``k`` encodings). The attacker who inverts the
+    update gets encodings, not images; :func:`unmix` shows how far the mixed labels take it back.
+
+    Args:
+        k: images per encoding (Huang et al.: 4).
+        upper_bound: the largest coefficient allowed (Huang et al.: 0.65).
+        lower_bound: the smallest coefficient allowed.
+    """
+
+    name = "mixup"
+
+    def __init__(self, *, k: int = 4, upper_bound: float = 0.65, lower_bound: float = 0.0) -> None:
+        check_mixing(k, upper_bound, lower_bound)
+        self.k, self.upper_bound, self.lower_bound = k, upper_bound, lower_bound
+
+    def encode(
+        self, images: torch.Tensor, targets: torch.Tensor, *, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if images.shape[0] < self.k:
+            raise ValueError(f"{self.name} with k={self.k} needs at least {self.k} images in the client's batch")
+        partners, coefficients = mixing(images.shape[0], self.k, self.upper_bound, self.lower_bound, generator)
+        return mix(images, targets, partners, coefficients)
+
+
+def unmix(encodings: torch.Tensor, soft_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Undo MixUp within a batch from its mixed labels (the labels leak the coefficients).
+
+    With the batch's ``N`` originals in ``N`` distinct classes, the mixed label of encoding ``i`` holds
+    ``lambda_ij`` at the class of original ``j``: the mixing matrix is read off the labels and inverted,
+    ``X = Lambda^{-1} E``.
+
+    Args:
+        encodings: ``(N, C, H, W)`` recovered encodings.
+        soft_labels: ``(N, K)`` their mixed labels (given, or recovered with them).
+
+    Returns:
+        ``(originals (N, C, H, W), their classes (N,))``.
+
+    Raises:
+        ValueError: the labels do not single out ``N`` classes (repeated classes cannot be told apart this way).
+            Labels read off a gradient carry a little noise: the ``N`` heaviest classes must outweigh the next tenfold.
+    """
+    n = encodings.shape[0]
+    mass = soft_labels.sum(0)
+    order = mass.argsort(descending=True)
+    lightest = mass[order[n - 1]] if n <= mass.numel() else mass.new_zeros(())
+    if lightest <= 1e-3 * mass.sum() or (n < mass.numel() and mass[order[n]] > 0.1 * lightest):
+        shown = int((mass > 0.1 * mass.max()).sum())
+        raise ValueError(f"label-guided unmixing needs {n} distinct classes in the batch; the labels show {shown}")
+    classes = order[:n].sort().values
+    matrix = soft_labels[:, classes].double()
+    originals = torch.linalg.solve(matrix, encodings.flatten(1).double())
+    return originals.float().reshape(encodings.shape), classes

@@ -1,0 +1,163 @@
+"""Utility: what a defense costs in accuracy, measured by training with it, never assumed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradinv import data
+from gradinv.defenses.base import Defense
+from gradinv.fl.client import compute_update, cross_entropy, encode_batch, normalize
+from gradinv.observation import Normalization, ThreatModel
+from gradinv.validation import check_images, check_labels
+
+
+@dataclass(frozen=True)
+class Utility:
+    """Test accuracy of a model trained with a set of defenses, and how it was measured."""
+
+    accuracy: float
+    train_loss: float
+    """Cross-entropy of the trained model on (up to 1024 of) its clean training images."""
+    epochs: int
+    steps: int
+    n_train: int
+    n_test: int
+    seconds: float
+    defenses: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _split(
+    images: torch.Tensor, labels: torch.Tensor, test_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    cut = images.shape[0] - max(1, int(round(test_fraction * images.shape[0])))
+    return images[order[:cut]], labels[order[:cut]], images[order[cut:]], labels[order[cut:]]
+
+
+def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` in eval mode on normalised ``inputs``."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, inputs.shape[0], batch_size):
+            logits = model(inputs[start : start + batch_size])
+            correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    return correct / max(inputs.shape[0], 1)
+
+
+def utility(
+    model_factory: Callable[[], nn.Module],
+    dataset: str | tuple[torch.Tensor, torch.Tensor],
+    defenses: Sequence[Defense] = (),
+    epochs: int = 1,
+    *,
+    n: int = 1000,
+    size: int = 16,
+    channels: int = 1,
+    root: str | None = None,
+    test_fraction: float = 0.2,
+    batch_size: int = 32,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    normalization: Normalization | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> Utility:
+    """Train a fresh model as defended clients would, then measure its test accuracy.
+
+    Every step is one FedSGD round of a client holding the mini-batch: its data pass through the defenses'
+    ``encode`` (MixUp, InstaHide), its update is computed the defended way (DP-SGD's clipped, noised gradient;
+    Soteria's masked one) and transformed by every ``apply`` (pruning, noise, quantisation, ...), and the server
+    applies exactly that shared update with SGD (momentum on the server). So the accuracy belongs to the same
+    defended updates the attacks see.
+
+    Args:
+        model_factory: builds the untrained model (called once).
+        dataset: a name for :func:`gradinv.data.load` (``digits``, ``mnist_subset``, ``cifar10`` with ``root``, ...)
+            or ``(images, labels)`` pixel images in [0, 1].
+        defenses: the client's defenses, in order (fresh ones: DP-SGD keeps its accounting per object).
+        epochs: passes over the training split.
+        n: images drawn from a named dataset; split ``1 - test_fraction`` / ``test_fraction`` by ``seed``.
+        size, channels, root: as for :func:`gradinv.data.load`.
+        batch_size: the client's mini-batch (incomplete last batches are dropped).
+        lr, momentum: the server's SGD on the shared updates.
+        normalization: the client's input normalisation (as in :class:`gradinv.ThreatModel`).
+        progress: optional ``progress(step, total_steps, nan)`` after each step.
+
+    Raises:
+        ValueError: ``epochs`` < 1, ``test_fraction`` outside (0, 1), ``batch_size`` < 1, or a defense that needs a
+            larger batch than ``batch_size``.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for defense in defenses:
+        if not isinstance(defense, Defense):
+            raise TypeError(f"defenses must be gi.defenses objects, got {type(defense).__name__}")
+    if isinstance(dataset, str):
+        images, labels = data.load(dataset, n=n, size=size, channels=channels, seed=seed, root=root)
+    else:
+        images, labels = dataset
+    images = check_images(images)
+    model = model_factory()
+    for defense in defenses:
+        model = defense.prepare_model(model)
+    with torch.no_grad():
+        num_classes = int(model.eval()(normalize(images[:1], normalization)).shape[1])
+    labels = check_labels(labels, images.shape[0], num_classes)
+    train_x, train_y, test_x, test_y = _split(images, labels, test_fraction, seed)
+    trainers = [d for d in defenses if type(d).client_update is not Defense.client_update]
+    if len(trainers) > 1:
+        raise ValueError(f"only one defense may replace the client's training step, got {[d.name for d in trainers]}")
+    threat = ThreatModel(normalization=normalization, bn_mode="train")
+    names = [name for name, _ in model.named_parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    generator = torch.Generator().manual_seed(seed)
+    per_epoch = train_x.shape[0] // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch_size {batch_size} exceeds the {train_x.shape[0]} training images")
+    total, step = epochs * per_epoch, 0
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(train_x.shape[0], generator=generator)
+        for b in range(per_epoch):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            x, y = encode_batch(train_x[idx], train_y[idx], num_classes, defenses, seed=seed * 1_000_003 + step)
+            inputs = normalize(x, normalization)
+            model.train()
+            update = trainers[0].client_update(model, inputs, y, threat, generator) if trainers else None
+            if update is None:
+                update = compute_update(model, inputs, y, threat)
+            shared = {name: u.detach() for name, u in zip(names, update, strict=True)}
+            for defense in defenses:
+                shared = defense.apply(shared, generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            for name, param in model.named_parameters():
+                param.grad = shared[name].to(param.dtype).clone()
+            optimizer.step()
+            step += 1
+            if progress is not None:
+                progress(step, total, float("nan"))
+    model.eval()
+    with torch.no_grad():
+        train_loss = float(cross_entropy(model(normalize(train_x[:1024], normalization)), train_y[:1024]))
+    test_inputs = normalize(test_x, normalization)
+    return Utility(
+        accuracy=accuracy(model, test_inputs, test_y),
+        train_loss=train_loss,
+        epochs=epochs,
+        steps=step,
+        n_train=int(train_x.shape[0]),
+        n_test=int(test_x.shape[0]),
+        seconds=time.perf_counter() - start,
+        defenses=[d.config() for d in defenses],
+    )
