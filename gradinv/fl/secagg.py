@@ -1,0 +1,284 @@
+"""Secure aggregation by pairwise masking (Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving
+Machine Learning", CCS 2017, Sec. 4, Fig. 4), in process.
+
+Each client ``u`` holds a vector ``x_u`` (its flattened update, in fixed point modulo ``2^64``) and sends
+
+    y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)   (mod 2^64)
+
+where ``s_uv`` comes from Diffie-Hellman key agreement (X25519) between ``u`` and ``v`` and ``b_u`` is a fresh
+self-mask seed; PRG is AES-256 in counter mode. Before masking, every client Shamir-shares (threshold ``t``) its
+masking key and ``b_u`` with the others (Round 1). After the masked inputs arrive the server asks the survivors for
+shares of ``b_u`` of every surviving ``u`` and of the masking key of every dropped ``u`` (Round 3, never both for
+one client), removes the self masks and the dropped clients' pairwise masks, and is left with ``sum x_u`` over the
+survivors: nothing else. Pairwise masks cancel in the sum; a single ``y_u`` is uniformly distributed.
+
+What the server sees is recorded in :class:`ServerView`. Share delivery between clients is modelled by direct hand-
+over (the paper encrypts them under a second agreed key and routes them through the server); the server never holds
+them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat, PublicFormat
+
+from gradinv.defenses.base import Defense
+from gradinv.observation import Observation, ThreatModel
+
+PRIME = 2**521 - 1
+"""The Shamir field: a Mersenne prime wider than the 256-bit secrets."""
+SCALE_BITS = 32
+"""Fixed point: a float ``x`` travels as ``round(x * 2^32)`` modulo ``2^64``."""
+
+
+def shamir_split(secret: int, n: int, threshold: int) -> list[tuple[int, int]]:
+    """``n`` shares ``(i, f(i))``, ``i = 1..n``, of a random polynomial of degree ``threshold - 1`` with ``f(0) =
+    secret`` over GF(:data:`PRIME`)."""
+    if not 0 <= secret < PRIME:
+        raise ValueError("the secret must lie in [0, PRIME)")
+    coefficients = [secret] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    shares = []
+    for x in range(1, n + 1):
+        y = 0
+        for c in reversed(coefficients):
+            y = (y * x + c) % PRIME
+        shares.append((x, y))
+    return shares
+
+
+def shamir_combine(shares: list[tuple[int, int]]) -> int:
+    """Lagrange interpolation at 0 of ``threshold`` or more shares."""
+    secret = 0
+    for i, (xi, yi) in enumerate(shares):
+        numerator, denominator = 1, 1
+        for j, (xj, _) in enumerate(shares):
+            if i != j:
+                numerator = numerator * (-xj) % PRIME
+                denominator = denominator * (xi - xj) % PRIME
+        secret = (secret + yi * numerator * pow(denominator, -1, PRIME)) % PRIME
+    return secret
+
+
+def prg(seed: bytes, length: int) -> np.ndarray:
+    """``length`` pseudo-random uint64 words: AES-256-CTR keystream under ``SHA-256(seed)``."""
+    key = hashlib.sha256(seed).digest()
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(b"\0" * 16)).encryptor()
+    stream = encryptor.update(b"\0" * (8 * length)) + encryptor.finalize()
+    return np.frombuffer(stream, dtype=np.uint64).copy()
+
+
+def to_fixed(vector: np.ndarray) -> np.ndarray:
+    """float -> fixed point modulo 2^64 (two's complement)."""
+    return np.round(np.asarray(vector, dtype=np.float64) * 2.0**SCALE_BITS).astype(np.int64).view(np.uint64)
+
+
+def from_fixed(vector: np.ndarray) -> np.ndarray:
+    return vector.view(np.int64).astype(np.float64) / 2.0**SCALE_BITS
+
+
+def _raw(key: X25519PrivateKey) -> int:
+    return int.from_bytes(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, _no_encryption()), "big")
+
+
+def _no_encryption():  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.serialization import NoEncryption
+
+    return NoEncryption()
+
+
+def _public_bytes(key: X25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+@dataclass
+class Client:
+    """One participant: its keys, its self-mask seed, and the shares others gave it."""
+
+    index: int
+    vector: np.ndarray
+    mask_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+    self_seed: int = field(default_factory=lambda: secrets.randbits(256))
+    held: dict[int, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
+
+    def public_key(self) -> bytes:
+        return _public_bytes(self.mask_key.public_key())
+
+    def shares(self, n: int, threshold: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """Round 1: shares of (masking key, self-mask seed), one per client."""
+        key_shares = shamir_split(_raw(self.mask_key), n, threshold)
+        seed_shares = shamir_split(self.self_seed, n, threshold)
+        return list(zip(key_shares, seed_shares, strict=True))
+
+    def masked_input(self, public_keys: dict[int, bytes]) -> np.ndarray:
+        """Round 2: ``y_u`` (uint64 arithmetic wraps modulo 2^64)."""
+        y = to_fixed(self.vector) + prg(self.self_seed.to_bytes(32, "big"), self.vector.size)
+        for v, key in public_keys.items():
+            if v == self.index:
+                continue
+            mask = prg(self.mask_key.exchange(X25519PublicKey.from_public_bytes(key)), self.vector.size)
+            y = y + mask if self.index < v else y - mask
+        return y
+
+    def unmask(self, survivors: set[int], dropped: set[int]) -> dict[int, tuple[str, tuple[int, int]]]:
+        """Round 3: the self-seed share of each survivor and the key share of each dropped client, never both."""
+        if survivors & dropped:
+            raise ValueError("a client cannot be both surviving and dropped")
+        out: dict[int, tuple[str, tuple[int, int]]] = {}
+        for owner, (key_share, seed_share) in self.held.items():
+            if owner in survivors:
+                out[owner] = ("seed", seed_share)
+            elif owner in dropped:
+                out[owner] = ("key", key_share)
+        return out
+
+
+@dataclass
+class ServerView:
+    """Everything the server receives during one aggregation."""
+
+    public_keys: dict[int, bytes]
+    masked_inputs: dict[int, np.ndarray]
+    revealed: dict[int, list[tuple[str, tuple[int, int]]]]
+    survivors: list[int]
+    dropped: list[int]
+    threshold: int
+
+
+def secure_sum(
+    vectors: list[np.ndarray],
+    *,
+    threshold: int | None = None,
+    drop_before_masking: tuple[int, ...] = (),
+) -> tuple[np.ndarray, ServerView]:
+    """Run the protocol over ``vectors`` (one float vector per client) and return the server's result and view.
+
+    Args:
+        threshold: Shamir threshold ``t`` (default: a majority, ``n // 2 + 1``); at least ``t`` clients must survive.
+        drop_before_masking: clients that go offline after sharing their keys and before sending a masked input
+            (their pairwise masks are then removed from the survivors' inputs with the recovered keys).
+
+    Returns:
+        ``(sum over surviving clients, what the server saw)``.
+
+    Raises:
+        ValueError: fewer than 2 clients, a bad threshold, vectors of different sizes, or fewer than ``t`` survivors.
+    """
+    n = len(vectors)
+    if n < 2:
+        raise ValueError(f"secure aggregation needs n >= 2 clients, got {n}")
+    threshold = n // 2 + 1 if threshold is None else threshold
+    if not 1 < threshold <= n:
+        raise ValueError(f"threshold must lie in [2, {n}], got {threshold}")
+    sizes = {np.asarray(v).size for v in vectors}
+    if len(sizes) != 1:
+        raise ValueError(f"every client must send a vector of the same size, got sizes {sorted(sizes)}")
+    dropped = set(drop_before_masking)
+    if not dropped <= set(range(n)):
+        raise ValueError(f"drop_before_masking must name clients in [0, {n})")
+    survivors = set(range(n)) - dropped
+    if len(survivors) < threshold:
+        raise ValueError(f"only {len(survivors)} clients survive, fewer than the threshold {threshold}")
+    clients = [Client(i, np.asarray(v, dtype=np.float64).ravel()) for i, v in enumerate(vectors)]
+    # Round 0: advertise keys
+    public_keys = {c.index: c.public_key() for c in clients}
+    # Round 1: share keys (delivered client to client)
+    for c in clients:
+        for holder, share in zip(clients, c.shares(n, threshold), strict=True):
+            holder.held[c.index] = share
+    # Round 2: masked inputs of the survivors
+    masked = {c.index: c.masked_input(public_keys) for c in clients if c.index in survivors}
+    # Round 3: unmasking
+    revealed: dict[int, list[tuple[str, tuple[int, int]]]] = {}
+    for c in clients:
+        if c.index in survivors:
+            for owner, item in c.unmask(survivors, dropped).items():
+                revealed.setdefault(owner, []).append(item)
+    total = np.zeros(sizes.pop(), dtype=np.uint64)
+    for y in masked.values():
+        total = total + y
+    for owner, items in revealed.items():
+        kinds = {kind for kind, _ in items}
+        if len(kinds) != 1 or len(items) < threshold:
+            raise ValueError(f"cannot unmask client {owner}: {len(items)} shares of kinds {kinds}")
+        secret = shamir_combine([share for _, share in items[:threshold]])
+        if owner in survivors:
+            total = total - prg(secret.to_bytes(32, "big"), total.size)
+        else:
+            key = X25519PrivateKey.from_private_bytes(secret.to_bytes(32, "big"))
+            for v in survivors:
+                mask = prg(key.exchange(X25519PublicKey.from_public_bytes(public_keys[v])), total.size)
+                # the survivor v added +mask if v < owner, else -mask: undo it
+                total = total - mask if v < owner else total + mask
+    view = ServerView(public_keys, masked, revealed, sorted(survivors), sorted(dropped), threshold)
+    return from_fixed(total), view
+
+
+def observe_aggregate(
+    model: torch.nn.Module,
+    clients: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    threat: ThreatModel | None = None,
+    defenses: Sequence[Defense] = (),
+    seed: int = 0,
+    threshold: int | None = None,
+    drop_before_masking: tuple[int, ...] = (),
+) -> Observation:
+    """What a server running secure aggregation observes: the mean of the surviving clients' updates, computed
+    through :func:`secure_sum` (never from the plain updates), as one :class:`~gradinv.Observation`.
+
+    Each client computes its update as :func:`gradinv.observe` does (with ``defenses``, seed ``seed + i``). With equal
+    batch sizes the mean of FedSGD gradients is the gradient of the union batch, so any attack can be run on it; the
+    observation's batch size (if granted) is the survivors' total, and no BatchNorm statistics are granted.
+    """
+    from gradinv.fl.client import observe
+
+    threat = threat or ThreatModel()
+    if len(clients) < 2:
+        raise ValueError(f"secure aggregation needs n >= 2 clients, got {len(clients)}")
+    per_client = [
+        observe(model, images, labels, threat=replace(threat, knows_bn_stats=False), seed=seed + i, defenses=defenses)
+        for i, (images, labels) in enumerate(clients)
+    ]
+    names = list(per_client[0].update)
+    shapes = [per_client[0].update[name].shape for name in names]
+    vectors = [torch.cat([o.update[name].flatten() for name in names]).double().numpy() for o in per_client]
+    total, view = secure_sum(vectors, threshold=threshold, drop_before_masking=drop_before_masking)
+    mean = torch.from_numpy(total / len(view.survivors)).float()
+    update, offset = {}, 0
+    for name, shape in zip(names, shapes, strict=True):
+        size = math.prod(shape)
+        update[name] = mean[offset : offset + size].reshape(shape)
+        offset += size
+    survivors = view.survivors
+    first = per_client[0]
+    labels = None
+    if threat.knows_labels:
+        labels = torch.cat([clients[i][1] for i in survivors])
+    protocol = {
+        "name": "secure_aggregation",
+        "protocol": "Bonawitz et al. CCS 2017 (pairwise masks, X25519, AES-CTR PRG, Shamir t-of-n), in process",
+        "clients": len(clients),
+        "survivors": len(survivors),
+        "threshold": view.threshold,
+    }
+    return Observation(
+        model=first.model,
+        update=update,
+        threat=threat,
+        image_shape=first.image_shape,
+        num_classes=first.num_classes,
+        labels=labels,
+        batch_size=sum(int(clients[i][0].shape[0]) for i in survivors) if threat.knows_batch_size else None,
+        bn_stats=None,
+        model_spec=first.model_spec,
+        defenses=[*first.defenses, protocol],
+    )
