@@ -12,7 +12,7 @@ from torch import nn
 
 from gradinv import data
 from gradinv.defenses.base import Defense
-from gradinv.fl.client import compute_update, cross_entropy, encode_batch, normalize
+from gradinv.fl.client import client_trainer, cross_entropy, defended_update, encode_batch, normalize, num_outputs
 from gradinv.observation import Normalization, ThreatModel
 from gradinv.validation import check_images, check_labels
 
@@ -100,9 +100,7 @@ def utility(
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for defense in defenses:
-        if not isinstance(defense, Defense):
-            raise TypeError(f"defenses must be gi.defenses objects, got {type(defense).__name__}")
+    trainer = client_trainer(defenses)
     if isinstance(dataset, str):
         images, labels = data.load(dataset, n=n, size=size, channels=channels, seed=seed, root=root)
     else:
@@ -111,13 +109,9 @@ def utility(
     model = model_factory()
     for defense in defenses:
         model = defense.prepare_model(model)
-    with torch.no_grad():
-        num_classes = int(model.eval()(normalize(images[:1], normalization)).shape[1])
+    num_classes = num_outputs(model, tuple(images.shape[1:]))
     labels = check_labels(labels, images.shape[0], num_classes)
     train_x, train_y, test_x, test_y = _split(images, labels, test_fraction, seed)
-    trainers = [d for d in defenses if type(d).client_update is not Defense.client_update]
-    if len(trainers) > 1:
-        raise ValueError(f"only one defense may replace the client's training step, got {[d.name for d in trainers]}")
     threat = ThreatModel(normalization=normalization, bn_mode="train")
     names = [name for name, _ in model.named_parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -134,9 +128,7 @@ def utility(
             x, y = encode_batch(train_x[idx], train_y[idx], num_classes, defenses, seed=seed * 1_000_003 + step)
             inputs = normalize(x, normalization)
             model.train()
-            update = trainers[0].client_update(model, inputs, y, threat, generator) if trainers else None
-            if update is None:
-                update = compute_update(model, inputs, y, threat)
+            update = defended_update(model, inputs, y, threat, trainer, generator)
             shared = {name: u.detach() for name, u in zip(names, update, strict=True)}
             for defense in defenses:
                 shared = defense.apply(shared, generator=generator)

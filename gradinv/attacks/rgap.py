@@ -15,6 +15,7 @@ that is the paper's rank analysis (Sec. 4), :func:`rank_report`.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -67,12 +68,14 @@ class LayerRank:
 
 
 def chain(model: nn.Module, image_shape: tuple[int, ...]) -> list[Stage]:
-    """Split ``model`` into linear layers (Conv2d / Linear) and the elementwise activations between them.
+    """Split a float64 copy of ``model`` into linear layers (Conv2d / Linear) and the elementwise activations between
+    them; the stages hold that copy's modules (``model`` itself is not touched).
 
     Raises:
         ValueError: a module R-GAP cannot invert (pooling, BatchNorm, ...), two activations in a row, a layer with
             groups/dilation, an activation after the classifier, or a model that is not the chain of its leaves.
     """
+    model = copy.deepcopy(model).double()
     leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
     stages: list[dict[str, Any]] = []
     for name, module in leaves:
@@ -105,10 +108,10 @@ def chain(model: nn.Module, image_shape: tuple[int, ...]) -> list[Stage]:
     shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     probe = torch.rand(1, *image_shape, dtype=torch.float64)
     with torch.no_grad():
-        expected = _double(model)(probe)
+        expected = model(probe)
         x = probe
         for stage in stages:
-            layer = _double(stage["layer"])
+            layer = stage["layer"]
             if isinstance(layer, nn.Linear):
                 x = x.flatten(1)
             if x.shape[1:] != _expected_input(layer, x):
@@ -127,12 +130,6 @@ def _expected_input(layer: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
     if isinstance(layer, nn.Linear):
         return (layer.in_features,)
     return (layer.in_channels, *x.shape[2:])  # type: ignore[union-attr]
-
-
-def _double(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module).double()
 
 
 def invert_activation(activation: nn.Module | None, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,8 +289,9 @@ def recurse(
     *,
     rcond: float,
 ) -> tuple[torch.Tensor, int, list[LayerRank]]:
-    """Run R-GAP from the classifier to the input. ``grads`` maps ``"<layer>.weight"``/``"<layer>.bias"`` to one
-    sample's gradient (float64). Returns ``(input, label, rank per layer from the input up)``."""
+    """Run R-GAP from the classifier to the input through the float64 stages of :func:`chain`. ``grads`` maps
+    ``"<layer>.weight"``/``"<layer>.bias"`` to one sample's gradient (float64). Returns ``(input, label, rank per
+    layer from the input up)``."""
     head = stages[-1]
     weight = head.layer.weight.detach().double()
     bias_grad = grads.get(f"{head.name}.bias") if head.layer.bias is not None else None
@@ -303,10 +301,9 @@ def recurse(
     for stage in reversed(stages[:-1]):
         _check_size(stage)
         # g and z of this layer's output, from the layer above (whose input is this layer's activated output)
-        layer_above = _double(above.layer)
         with torch.enable_grad():
             probe = x.reshape(1, *above.input_shape).clone().requires_grad_(True)
-            (back,) = torch.autograd.grad(layer_above(probe), probe, g.reshape(1, *above.output_shape))
+            (back,) = torch.autograd.grad(above.layer(probe), probe, g.reshape(1, *above.output_shape))
         activated = x.reshape(stage.output_shape)
         z, slope = invert_activation(stage.activation, activated)
         g = slope * back.reshape(stage.output_shape)
@@ -347,11 +344,10 @@ def rank_report(
         _check_size(stage)
     generator = torch.Generator().manual_seed(seed)
     probe = torch.rand(1, *image_shape, generator=generator, dtype=torch.float64)
-    twin = _double(model)
     outputs = []
     x = probe
     for stage in stages:
-        layer = twin.get_submodule(stage.name)
+        layer = stage.layer
         out = layer(x.flatten(1) if isinstance(layer, nn.Linear) else x)
         out.retain_grad()
         outputs.append(out)
@@ -359,7 +355,7 @@ def rank_report(
     cross_entropy(x, torch.zeros(1, dtype=torch.long)).backward()
     report = []
     for stage, out in zip(stages, outputs, strict=True):
-        layer = twin.get_submodule(stage.name)
+        layer = stage.layer
         unknowns = math.prod(stage.input_shape)
         g = out.grad[0]  # type: ignore[index]
         if isinstance(layer, nn.Linear):
@@ -407,11 +403,7 @@ class RGAP(Attack):
         stages = chain(observation.model, observation.image_shape)
         scale = observation.threat.local_lr if observation.threat.update == "fedavg" else 1.0
         grads = {name: u.detach().double() / scale for name, u in observation.update.items()}
-        twin_stages = [
-            Stage(s.name, _double(s.layer), s.activation, s.input_shape, s.output_shape)  # type: ignore[arg-type]
-            for s in stages
-        ]
-        x, label, ranks = recurse(twin_stages, grads, rcond=self.rcond)
+        x, label, ranks = recurse(stages, grads, rcond=self.rcond)
         if callback is not None:
             callback(1, 1, 0.0)
         image = denormalize(x.float().reshape(1, *observation.image_shape), observation.threat.normalization)

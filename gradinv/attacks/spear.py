@@ -63,18 +63,17 @@ def sample_directions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernels of random ``(B-1) x B`` row submatrices of ``L`` whose image ``L q`` is sparse (Alg. 1, lines 3-9).
 
-    Rows of ``L`` that vanish (units no sample activated) are left out: they are zero in every direction. A kernel is
-    kept only if it is one-dimensional (the submatrix has rank ``B - 1``) and ``L q`` has at least ``min_zeros`` entries
-    below ``zero_tol * max |L q|`` among the remaining units. Returns ``(directions (K, B), zero counts (K,))``.
+    ``left`` holds the live rows of ``L`` only: rows that vanish (units no sample activated) are zero in every
+    direction and must be left out by the caller. A kernel is kept only if it is one-dimensional (the submatrix has
+    rank ``B - 1``) and ``L q`` has at least ``min_zeros`` entries below ``zero_tol * max |L q|``. Returns
+    ``(directions (K, B), zero counts (K,))``.
     """
     norms = left.norm(dim=1)
-    live = norms > zero_tol * norms.max()  # units no sample activated carry no information
-    left = left[live]
     rows, size = left.shape
     if rows < size - 1:
         return left.new_zeros((0, size)), torch.zeros(0, dtype=torch.long)
     kept, zeros_kept = [], []
-    left_norm = left / norms[live, None]
+    left_norm = left / norms[:, None]
     done = 0
     while done < samples:
         count = min(chunk, samples - done)
@@ -217,29 +216,29 @@ class SPEAR(Attack):
             )
         left, right = left[:, :size], right[:size]
         generator = torch.Generator().manual_seed(self.seed)
-        live = int((left.norm(dim=1) > self.zero_tol * left.norm(dim=1).max()).sum())
-        min_zeros = max(size, int(self.min_sparsity * live))
+        norms = left.norm(dim=1)
+        live = left[norms > self.zero_tol * norms.max()]  # units no sample activated carry no information
+        min_zeros = max(size, int(self.min_sparsity * live.shape[0]))
         weight = layer.weight.detach().double()
         bias = layer.bias.detach().double()  # type: ignore[union-attr]
-        pool: list[tuple[torch.Tensor, torch.Tensor]] = []
         drawn = 0
-        while True:  # sample in chunks; stop once every sample is recovered and certified
-            if size == 1:  # one sample: Q is a scalar, fixed by the bias gradient
-                pool.append((torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.long)))
-                directions, zeros = pool[0]
-                inputs, exact, agreement, found = solve_batch(
-                    left, right, bias_grad, weight, bias, directions.T, self.zero_tol
-                )
-                break
-            chunk = min(CHUNK, self.samples - drawn)
-            drawn += chunk
-            pool.append(sample_directions(left, chunk, generator, zero_tol=self.zero_tol, min_zeros=min_zeros))
-            directions, zeros = (torch.cat(parts) for parts in zip(*pool, strict=True))
+        if size == 1:  # one sample: Q is a scalar, fixed by the bias gradient
+            directions, zeros = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.long)
             inputs, exact, agreement, found = solve_batch(
-                left, right, bias_grad, weight, bias, select_directions(directions, zeros, size), self.zero_tol
+                left, right, bias_grad, weight, bias, directions.T, self.zero_tol
             )
-            if all(exact) or drawn >= self.samples:
-                break
+        else:
+            pool: list[tuple[torch.Tensor, torch.Tensor]] = []
+            while True:  # sample in chunks; stop once every sample is recovered and certified
+                chunk = min(CHUNK, self.samples - drawn)
+                drawn += chunk
+                pool.append(sample_directions(live, chunk, generator, zero_tol=self.zero_tol, min_zeros=min_zeros))
+                directions, zeros = (torch.cat(parts) for parts in zip(*pool, strict=True))
+                inputs, exact, agreement, found = solve_batch(
+                    left, right, bias_grad, weight, bias, select_directions(directions, zeros, size), self.zero_tol
+                )
+                if all(exact) or drawn >= self.samples:
+                    break
         images = inputs.float().reshape(size, *observation.image_shape)
         found_labels = assign_labels(observation, images) if all(exact) else None
         labels = (

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from gradinv.defenses.base import Defense
-from gradinv.defenses.mixup import check_mixing, mix, mixing
+from gradinv.defenses.mixup import MixUp
 
 
-class InstaHide(Defense):
+class InstaHide(MixUp):
     """The client trains on ``sigma * sum_j lambda_j x_j`` with a fresh random ``sigma in {-1, +1}`` per entry.
 
     As in the InstaHide paper, images live in ``[-1, 1]`` for the mixing and the flip; the encoding is handed to the
@@ -26,19 +25,13 @@ class InstaHide(Defense):
 
     name = "instahide"
 
-    def __init__(self, *, k: int = 4, upper_bound: float = 0.65, lower_bound: float = 0.0) -> None:
-        check_mixing(k, upper_bound, lower_bound)
-        self.k, self.upper_bound, self.lower_bound = k, upper_bound, lower_bound
-
     def encode(
         self, images: torch.Tensor, targets: torch.Tensor, *, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if images.shape[0] < self.k:
-            raise ValueError(f"{self.name} with k={self.k} needs at least {self.k} images in the client's batch")
-        partners, coefficients = mixing(images.shape[0], self.k, self.upper_bound, self.lower_bound, generator)
-        mixed, soft = mix(2 * images - 1, targets, partners, coefficients)
+        mixed, soft = super().encode(images, targets, generator=generator)
+        # coefficients sum to 1, so the mixture in [-1, 1] units is 2 * (pixel mixture) - 1
         sign = torch.randint(0, 2, mixed.shape, generator=generator).to(mixed) * 2 - 1
-        return (sign * mixed + 1) / 2, soft
+        return (sign * (2 * mixed - 1) + 1) / 2, soft
 
 
 def magnitude(encodings: torch.Tensor) -> torch.Tensor:

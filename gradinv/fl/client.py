@@ -126,6 +126,36 @@ def num_outputs(model: nn.Module, image_shape: tuple[int, ...]) -> int:
     return int(out.shape[1])
 
 
+def client_trainer(defenses: Sequence[Defense]) -> Defense | None:
+    """Check ``defenses`` and return the one that replaces the client's training step (DP-SGD, Soteria), if any.
+
+    Raises:
+        TypeError: an entry is not a gradinv defense.
+        ValueError: more than one defense replaces the training step.
+    """
+    for defense in defenses:
+        if not isinstance(defense, Defense):
+            raise TypeError(f"defenses must be gi.defenses objects, got {type(defense).__name__}")
+    trainers = [d for d in defenses if type(d).client_update is not Defense.client_update]
+    if len(trainers) > 1:
+        raise ValueError(f"only one defense may replace the client's training step, got {[d.name for d in trainers]}")
+    return trainers[0] if trainers else None
+
+
+def defended_update(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    threat: ThreatModel,
+    trainer: Defense | None,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
+    """The client's update, computed by ``trainer`` when one replaces the training step, else by
+    :func:`compute_update` (before any defense's ``apply``)."""
+    trained = trainer.client_update(model, inputs, targets, threat, generator) if trainer is not None else None
+    return trained if trained is not None else compute_update(model, inputs, targets, threat)
+
+
 def encode_batch(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int, defenses: Sequence[Defense], seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,13 +196,9 @@ def observe(
     if not isinstance(threat, ThreatModel):
         raise TypeError(f"threat must be a gi.ThreatModel, got {type(threat).__name__}")
     images = check_images(images)
+    trainer = client_trainer(defenses)
     for defense in defenses:
-        if not isinstance(defense, Defense):
-            raise TypeError(f"defenses must be gi.defenses objects, got {type(defense).__name__}")
         model = defense.prepare_model(model)
-    trainers = [d for d in defenses if type(d).client_update is not Defense.client_update]
-    if len(trainers) > 1:
-        raise ValueError(f"only one defense may replace the client's training step, got {[d.name for d in trainers]}")
     image_shape = tuple(images.shape[1:])
     try:
         num_classes = num_outputs(model, image_shape)
@@ -187,8 +213,7 @@ def observe(
         torch.manual_seed(seed)
         bn = bn_statistics(copy.deepcopy(client), inputs) if threat.knows_bn_stats else None
         generator = torch.Generator().manual_seed(seed)
-        trained = trainers[0].client_update(client, inputs, targets, threat, generator) if trainers else None
-        update = trained if trained is not None else compute_update(client, inputs, targets, threat)
+        update = defended_update(client, inputs, targets, threat, trainer, generator)
     names = [n for n, _ in broadcast.named_parameters()]
     shared = {n: u.detach().clone() for n, u in zip(names, update, strict=True)}
     for defense in defenses:

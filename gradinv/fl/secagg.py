@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from gradinv.defenses.base import Defense
 from gradinv.observation import Observation, ThreatModel
@@ -86,13 +86,7 @@ def from_fixed(vector: np.ndarray) -> np.ndarray:
 
 
 def _raw(key: X25519PrivateKey) -> int:
-    return int.from_bytes(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, _no_encryption()), "big")
-
-
-def _no_encryption():  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives.serialization import NoEncryption
-
-    return NoEncryption()
+    return int.from_bytes(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()), "big")
 
 
 def _public_bytes(key: X25519PublicKey) -> bytes:
