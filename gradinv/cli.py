@@ -189,6 +189,39 @@ def demo(
     _print_summary(record, out)
 
 
+@app.command("flower-demo")
+def flower_demo(
+    out: Path = typer.Option(Path("runs/flower"), "--out", "-o", help="Output folder."),
+    clients: int = typer.Option(3, help="Flower clients, one MNIST digit each."),
+    secure_aggregation: bool = typer.Option(False, "--secure-aggregation", help="Run the fit rounds under SecAgg+."),
+    attack_names: list[str] = typer.Option(["bias_trick", "spear"], "--attack", "-a", help="Attacks to run."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Run a real Flower simulation (needs gradinv[flower]) with a curious server and report what it recovered."""
+    try:
+        from gradinv.fl import flower
+    except ImportError as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(code=2) from err
+    try:
+        records = flower.demo(
+            out, clients=clients, secure_aggregation=secure_aggregation, attacks=attack_names, overwrite=overwrite
+        )
+    except (ValueError, TypeError, FileExistsError) as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(code=2) from err
+    table = Table(title="what the Flower server recovered (PSNR, dB)")
+    table.add_column("round")
+    table.add_column("update")
+    for name in attack_names:
+        table.add_column(name)
+    for r in records:
+        cells = [a.get("scores", {}).get("psnr", a.get("error", "")) for a in r["attacks"].values()]
+        table.add_row(str(r["round"]), r["target"], *(f"{c:.1f}" if isinstance(c, float) else str(c) for c in cells))
+    console.print(table)
+    console.print(f"report: {out / 'report.html'}")
+
+
 @app.command("list")
 def list_all() -> None:
     """List the attacks, label-recovery strategies, defenses, models and datasets."""

@@ -20,7 +20,9 @@ class DLG(Attack):
     so that the gradient of ``CE(F(x'), softmax(y'))`` matches the shared one in squared Euclidean distance
     (Eq. 4): ``min_{x', y'} ||dL(F(x', W), y')/dW - dW||^2``. Labels come back as ``argmax y'``; when the threat
     model grants the labels they are used as they are and only ``x'`` is optimised. The paper's code runs 300
-    L-BFGS steps of lr 1 (each up to 20 inner iterations); the best iterate by gradient distance is kept.
+    L-BFGS steps of lr 1 (each up to 20 inner iterations); the best iterate by gradient distance is kept. A FedAvg
+    update (``threat.update == "fedavg"``) is matched through the unrolled local steps, its distance divided by
+    ``(local_steps * local_lr)^2`` so that L-BFGS's tolerances act as on one gradient.
 
     Args:
         steps: L-BFGS steps (``optimizer.step`` calls) per restart.
@@ -70,6 +72,9 @@ class DLG(Attack):
         threat, n = observation.threat, self.batch_size_of(observation)
         fixed, label_source = self.fixed_labels(observation, n)
         generator = torch.Generator().manual_seed(self.seed)
+        # A FedAvg update is about local_steps * local_lr times a gradient: match it on the gradient's scale, so that
+        # L-BFGS's absolute tolerances stop it where they would on one gradient (a constant factor, same minimiser).
+        scale = 1.0 if threat.update == "gradient" else 1.0 / (threat.local_steps * threat.local_lr) ** 2
         best: tuple[float, torch.Tensor, torch.Tensor] | None = None
         trace: list[float] = []
         for _ in range(self.restarts):
@@ -78,7 +83,8 @@ class DLG(Attack):
 
             def objective(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
                 labels = fixed if fixed is not None else torch.softmax(y, dim=-1)
-                return euclidean_distance(compute_update(model, x, labels, threat, create_graph=True), target)
+                distance = euclidean_distance(compute_update(model, x, labels, threat, create_graph=True), target)
+                return distance * scale
 
             candidate = self._minimise(objective, x, y, fixed is None, trace, callback)
             if candidate is not None and (best is None or candidate[0] < best[0]):

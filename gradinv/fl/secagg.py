@@ -20,19 +20,13 @@ them.
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-
-from gradinv.defenses.base import Defense
-from gradinv.observation import Observation, ThreatModel
 
 PRIME = 2**521 - 1
 """The Shamir field: a Mersenne prime wider than the 256-bit secrets."""
@@ -214,65 +208,3 @@ def secure_sum(
                 total = total - mask if v < owner else total + mask
     view = ServerView(public_keys, masked, revealed, sorted(survivors), sorted(dropped), threshold)
     return from_fixed(total), view
-
-
-def observe_aggregate(
-    model: torch.nn.Module,
-    clients: list[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    threat: ThreatModel | None = None,
-    defenses: Sequence[Defense] = (),
-    seed: int = 0,
-    threshold: int | None = None,
-    drop_before_masking: tuple[int, ...] = (),
-) -> Observation:
-    """What a server running secure aggregation observes: the mean of the surviving clients' updates, computed
-    through :func:`secure_sum` (never from the plain updates), as one :class:`~gradinv.Observation`.
-
-    Each client computes its update as :func:`gradinv.observe` does (with ``defenses``, seed ``seed + i``). With equal
-    batch sizes the mean of FedSGD gradients is the gradient of the union batch, so any attack can be run on it; the
-    observation's batch size (if granted) is the survivors' total, and no BatchNorm statistics are granted.
-    """
-    from gradinv.fl.client import observe
-
-    threat = threat or ThreatModel()
-    if len(clients) < 2:
-        raise ValueError(f"secure aggregation needs n >= 2 clients, got {len(clients)}")
-    per_client = [
-        observe(model, images, labels, threat=replace(threat, knows_bn_stats=False), seed=seed + i, defenses=defenses)
-        for i, (images, labels) in enumerate(clients)
-    ]
-    names = list(per_client[0].update)
-    shapes = [per_client[0].update[name].shape for name in names]
-    vectors = [torch.cat([o.update[name].flatten() for name in names]).double().numpy() for o in per_client]
-    total, view = secure_sum(vectors, threshold=threshold, drop_before_masking=drop_before_masking)
-    mean = torch.from_numpy(total / len(view.survivors)).float()
-    update, offset = {}, 0
-    for name, shape in zip(names, shapes, strict=True):
-        size = math.prod(shape)
-        update[name] = mean[offset : offset + size].reshape(shape)
-        offset += size
-    survivors = view.survivors
-    first = per_client[0]
-    labels = None
-    if threat.knows_labels:
-        labels = torch.cat([clients[i][1] for i in survivors])
-    protocol = {
-        "name": "secure_aggregation",
-        "protocol": "Bonawitz et al. CCS 2017 (pairwise masks, X25519, AES-CTR PRG, Shamir t-of-n), in process",
-        "clients": len(clients),
-        "survivors": len(survivors),
-        "threshold": view.threshold,
-    }
-    return Observation(
-        model=first.model,
-        update=update,
-        threat=threat,
-        image_shape=first.image_shape,
-        num_classes=first.num_classes,
-        labels=labels,
-        batch_size=sum(int(clients[i][0].shape[0]) for i in survivors) if threat.knows_batch_size else None,
-        bn_stats=None,
-        model_spec=first.model_spec,
-        defenses=[*first.defenses, protocol],
-    )

@@ -17,19 +17,59 @@ def _bias_trick_error(defenses: list) -> float:
     return float((rec.images - images).abs().mean())
 
 
-def test_pruning_at_099_stops_dlg_on_the_dlg_lenet(photo) -> None:
-    # Prepare
+@pytest.fixture(scope="module")
+def dlg_lenet(photo) -> tuple:
+    """DLG (100 L-BFGS steps) against the DLG LeNet on the cat photograph, and its undefended PSNR."""
     images, labels = photo
     model = gi.models.make("lenet", seed=0)
     attack = gi.attacks.make("dlg", steps=100, seed=0)
+    undefended = gi.metrics.score(attack.reconstruct(gi.observe(model, images, labels)), images, labels)["psnr"]
+    return model, attack, undefended
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("prune", {"ratio": 0.99}),
+        ("topk", {"fraction": 0.01}),  # one global threshold (Aji & Heafield's 99% drop)
+        ("dropout", {"p": 0.5}),  # Zheng 2021: the attacker's model draws other masks than the client's
+    ],
+)
+def test_the_defense_stops_dlg_on_the_dlg_lenet(photo, dlg_lenet, name: str, kwargs: dict) -> None:
+    # Prepare
+    images, labels = photo
+    model, attack, undefended = dlg_lenet
     # Execute
-    plain = gi.observe(model, images, labels)
-    pruned = gi.observe(model, images, labels, defenses=[gi.defenses.make("prune", ratio=0.99)])
-    undefended = gi.metrics.score(attack.reconstruct(plain), images, labels)["psnr"]
-    defended = gi.metrics.score(attack.reconstruct(pruned), images, labels)["psnr"]
+    observation = gi.observe(model, images, labels, defenses=[gi.defenses.make(name, **kwargs)])
+    defended = gi.metrics.score(attack.reconstruct(observation), images, labels)["psnr"]
     # Assert
     assert undefended > 30.0 and defended < 15.0, (undefended, defended)
-    assert pruned.defenses == [{"name": "prune", "ratio": 0.99}]
+    assert observation.defenses == [gi.defenses.make(name, **kwargs).config()]
+
+
+def test_topk_keeps_the_largest_entries_over_the_whole_update() -> None:
+    update = {"a": torch.tensor([5.0, -0.125, 0.25]), "b": torch.tensor([[-4.0, 0.375], [0.0625, 1.0]])}
+    g = torch.Generator()
+    kept = gi.defenses.make("topk", fraction=3 / 7).apply(update, generator=g)
+    assert kept["a"].tolist() == [5.0, 0.0, 0.0] and kept["b"].tolist() == [[-4.0, 0.0], [0.0, 1.0]]
+    per_tensor = gi.defenses.make("topk", fraction=0.5, scope="tensor").apply(update, generator=g)
+    assert per_tensor["a"].tolist() == [5.0, 0.0, 0.25] and per_tensor["b"].tolist() == [[-4.0, 0.0], [0.0, 1.0]]
+
+
+def test_dropout_acts_while_the_client_trains_and_keeps_the_layout(photo) -> None:
+    images, labels = photo
+    model = gi.models.make("lenet", seed=0)
+    defended = gi.defenses.make("dropout", p=0.5).prepare_model(model)
+    assert [n for n, _ in defended.named_parameters()] == [n for n, _ in model.named_parameters()]
+    defended.train()
+    first, second = defended(images), defended(images)
+    assert not torch.allclose(first, second)  # a fresh mask each pass
+    defended.eval()
+    assert torch.allclose(defended(images), model.eval()(images), atol=1e-6)  # off at test time
+    # the same client seed gives the same mask, so the observation is reproducible
+    a = gi.observe(model, images, labels, defenses=[gi.defenses.make("dropout")], seed=3)
+    b = gi.observe(model, images, labels, defenses=[gi.defenses.make("dropout")], seed=3)
+    assert all(torch.equal(a.update[k], b.update[k]) for k in a.update)
 
 
 def test_noise_raises_the_error_monotonically() -> None:
@@ -83,6 +123,10 @@ def test_defenses_compose_in_order_and_are_recorded(tmp_path) -> None:
         ("noise", {"std": -1.0}, ">= 0"),
         ("noise", {"distribution": "uniform"}, "gaussian"),
         ("quantize", {"bits": 0}, "bits"),
+        ("topk", {"fraction": 0.0}, r"\(0, 1\]"),
+        ("topk", {"scope": "layer"}, "scope"),
+        ("dropout", {"p": 1.0}, r"\[0, 1\)"),
+        ("dropout", {"where": "conv"}, "where"),
         ("magic", {}, "unknown defense"),
     ],
 )

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import gradinv as gi
-from gradinv.fl.secagg import from_fixed, observe_aggregate, secure_sum, shamir_combine, shamir_split
+from gradinv.fl.aggregate import observe_aggregate
+from gradinv.fl.secagg import from_fixed, secure_sum, shamir_combine, shamir_split
 
 
 @pytest.mark.parametrize("dropped", [(), (2,), (0, 4)])

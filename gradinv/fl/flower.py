@@ -1,0 +1,479 @@
+"""gradinv as the curious server inside a real Flower run (``flwr``, optional: ``pip install 'gradinv[flower]'``).
+
+:class:`CuriousStrategy` wraps the user's Flower strategy (FedAvg or any other), forwards every call to it, and, for
+each round and each client reply the server is allowed to see, builds a :class:`gradinv.Observation` from the
+broadcast weights and the client's returned weights and runs the chosen attacks, writing the reconstructions and a
+report. Under Flower's SecAgg+ (Bell et al., CCS 2020, through ``SecAggPlusWorkflow`` and ``secaggplus_mod``) the
+strategy receives every client's reply carrying the same unmasked *aggregate*: the wrapper notices, says so in the
+report, and attacks the aggregate instead (the union batch of all clients).
+
+Client replies describe the local training in their metrics (Flower ``FitRes.metrics``): ``lr`` (required),
+``local_steps`` (default 1), ``batch_size`` (the local mini-batch size; default the client's ``num_examples``), and
+``partition_id`` (which data partition; used only to score against ground truth in evaluation code).
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradinv import attacks as attack_registry
+from gradinv.attacks.base import Attack
+from gradinv.fl.client import num_outputs
+from gradinv.metrics import score
+from gradinv.observation import Observation, Reconstruction, ThreatModel, atomic_write, atomic_write_text
+from gradinv.report import figures, prepare_folder
+
+try:
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common import Context, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server import LegacyContext, ServerApp, ServerAppComponents, ServerConfig
+    from flwr.server.client_manager import ClientManager
+    from flwr.server.client_proxy import ClientProxy
+    from flwr.server.strategy import FedAvg, Strategy
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.simulation import run_simulation
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "gradinv.fl.flower needs Flower: pip install 'gradinv[flower]' (or pip install 'flwr[simulation]')"
+    ) from err
+
+Truth = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def model_at(model: nn.Module, arrays: Sequence[np.ndarray], keys: Sequence[str]) -> nn.Module:
+    """A copy of ``model`` loaded with Flower's parameter list (one array per ``keys`` entry, in order)."""
+    if len(arrays) != len(keys):
+        raise ValueError(f"the Flower parameters have {len(arrays)} arrays, the model's keys {len(keys)}")
+    state = model.state_dict()
+    copy_ = copy.deepcopy(model)
+    copy_.load_state_dict(
+        {k: torch.from_numpy(np.array(a, copy=True)).to(state[k].dtype) for k, a in zip(keys, arrays, strict=True)}
+    )
+    return copy_
+
+
+def weight_difference(
+    before: Sequence[np.ndarray], after: Sequence[np.ndarray], keys: Sequence[str], model: nn.Module
+) -> dict[str, torch.Tensor]:
+    """``w_before - w_after`` for every trainable parameter (computed in float64, stored in the parameter's dtype)."""
+    index = {k: i for i, k in enumerate(keys)}
+    update = {}
+    for name, param in model.named_parameters():
+        if name not in index:
+            raise ValueError(f"parameter {name!r} is missing from the Flower parameter keys")
+        i = index[name]
+        diff = np.asarray(before[i], dtype=np.float64) - np.asarray(after[i], dtype=np.float64)
+        update[name] = torch.from_numpy(diff).to(param.dtype).reshape(param.shape)
+    return update
+
+
+class CuriousStrategy(Strategy):
+    """A Flower strategy that behaves exactly like ``inner`` and attacks every client update it receives.
+
+    Args:
+        inner: the user's Flower strategy; every call is forwarded to it and its results are returned unchanged.
+        model: the model architecture the federation trains (any weights; the broadcast weights are loaded into a
+            copy each round).
+        image_shape: ``(C, H, W)`` of one input (public: the server defines the input format).
+        attacks: attack names (``gi.attacks.names()``) or attack objects, run in order on each observation.
+        out: the output folder (created; must be empty unless ``overwrite``).
+        threat: side information granted to the attacker (labels and BN statistics are never in a Flower reply,
+            so they are withheld); the update kind, local steps and lr come from each reply.
+        keys: the ``state_dict`` key of each array in Flower's parameter list (default: ``model.state_dict()``'s
+            order, as Flower's PyTorch examples send them).
+        truth: evaluation only: ``partition_id -> (images, labels)`` to score reconstructions; attacks never see it.
+        secure_aggregation: whether the server sees only an aggregate; ``None`` detects it (every reply carries
+            identical weights, as under SecAgg+).
+        overwrite: replace a non-empty output folder.
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        model: nn.Module,
+        image_shape: tuple[int, int, int],
+        attacks: Sequence[str | Attack] = ("bias_trick",),
+        out: str | Path,
+        threat: ThreatModel | None = None,
+        keys: Sequence[str] | None = None,
+        truth: Truth | None = None,
+        secure_aggregation: bool | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(inner, Strategy):
+            raise TypeError(f"inner must be a Flower Strategy, got {type(inner).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.inner, self.model, self.image_shape = inner, model, tuple(image_shape)
+        self.attacks = [a if isinstance(a, Attack) else attack_registry.make(a) for a in attacks]
+        self.threat = replace(threat or ThreatModel(), knows_labels=False, knows_bn_stats=False)
+        self.keys = list(keys) if keys is not None else list(model.state_dict())
+        self.truth, self.secure_aggregation = truth, secure_aggregation
+        self.num_classes = num_outputs(model, self.image_shape)
+        self.out = prepare_folder(out, overwrite=overwrite)
+        self.records: list[dict[str, Any]] = []
+        self._broadcast: dict[int, list[np.ndarray]] = {}
+
+    def __repr__(self) -> str:
+        return f"CuriousStrategy({self.inner!r})"
+
+    # --- forwarded to the inner strategy ---
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, Any]]:
+        self._broadcast[server_round] = [a.copy() for a in parameters_to_ndarrays(parameters)]
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[Any],
+    ) -> tuple[Parameters | None, dict[str, Any]]:
+        if server_round in self._broadcast and results:
+            self.audit(server_round, [fit for _, fit in results])
+        return self.inner.aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, Any]]:
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(
+        self, server_round: int, results: list[Any], failures: list[Any]
+    ) -> tuple[float | None, dict[str, Any]]:
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Any]] | None:
+        return self.inner.evaluate(server_round, parameters)
+
+    # --- the curious part ---
+    def audit(self, server_round: int, replies: list[FitRes]) -> list[dict[str, Any]]:
+        """Attack the replies of one round; returns (and writes) one record per attacked update."""
+        before = self._broadcast[server_round]
+        weights = [parameters_to_ndarrays(fit.parameters) for fit in replies]
+        aggregated = self.secure_aggregation
+        if aggregated is None:
+            aggregated = len(replies) > 1 and all(
+                all(np.array_equal(a, b) for a, b in zip(weights[0], w, strict=True)) for w in weights[1:]
+            )
+        model = model_at(self.model, before, self.keys).train(self.threat.bn_mode == "train")
+        targets: list[tuple[str, list[FitRes], list[np.ndarray]]]
+        if aggregated:
+            targets = [("aggregate", replies, weights[0])]
+        else:
+            targets = [
+                (f"client_{_partition(fit, k)}", [fit], w)
+                for k, (fit, w) in enumerate(zip(replies, weights, strict=True))
+            ]
+        written = []
+        for label, fits, after in targets:
+            observation = self._observation(model, before, after, fits, aggregated)
+            record = self._attack(server_round, label, observation, fits, aggregated)
+            self.records.append(record)
+            written.append(record)
+        atomic_write_text(self.out / "results.json", json.dumps(self.records, indent=2, default=str))
+        atomic_write_text(self.out / "report.html", render(self.records, self.out))
+        return written
+
+    def _observation(
+        self,
+        model: nn.Module,
+        before: list[np.ndarray],
+        after: list[np.ndarray],
+        fits: list[FitRes],
+        aggregated: bool,
+    ) -> Observation:
+        metrics = [dict(fit.metrics or {}) for fit in fits]
+        if any("lr" not in m for m in metrics):
+            raise ValueError("each client reply must report its learning rate as metrics['lr'] (and local_steps)")
+        lrs = {float(m["lr"]) for m in metrics}
+        steps = {int(m.get("local_steps", 1)) for m in metrics}
+        if len(lrs) > 1 or len(steps) > 1:
+            raise ValueError(f"the aggregated clients disagree on lr {sorted(lrs)} or local steps {sorted(steps)}")
+        examples = sum(int(fit.num_examples) for fit in fits)
+        local_batch = int(metrics[0].get("batch_size", fits[0].num_examples)) if not aggregated else None
+        threat = replace(
+            self.threat,
+            update="fedavg",
+            local_steps=steps.pop(),
+            local_lr=lrs.pop(),
+            local_batch_size=local_batch if local_batch is not None and local_batch < examples else None,
+        )
+        return Observation(
+            model=model,
+            update=weight_difference(before, after, self.keys, model),
+            threat=threat,
+            image_shape=self.image_shape,  # type: ignore[arg-type]
+            num_classes=self.num_classes,
+            batch_size=examples if threat.knows_batch_size else None,
+            defenses=[{"name": "flower_secaggplus", "clients": len(fits)}] if aggregated else [],
+        )
+
+    def _attack(
+        self, server_round: int, label: str, observation: Observation, fits: list[FitRes], aggregated: bool
+    ) -> dict[str, Any]:
+        folder = self.out / f"round_{server_round:03d}" / label
+        folder.mkdir(parents=True, exist_ok=True)
+        truth = self._truth(fits)
+        record: dict[str, Any] = {
+            "round": server_round,
+            "target": label,
+            "secure_aggregation": aggregated,
+            "clients": [_partition(fit, k) for k, fit in enumerate(fits)],
+            "threat": observation.threat.to_dict(),
+            "batch_size": observation.batch_size,
+            "attacks": {},
+        }
+        rows = []
+        for attack in self.attacks:
+            start = time.perf_counter()
+            try:
+                rec = attack.reconstruct(observation)
+            except (ValueError, RuntimeError) as err:  # the attack's conditions do not hold for this update
+                record["attacks"][attack.name] = {"error": str(err)}
+                continue
+            entry: dict[str, Any] = {"seconds": time.perf_counter() - start, "info": rec.info}
+            captions = [""] * rec.images.shape[0]
+            if truth is not None:
+                scores = score(rec, *truth)
+                entry["scores"] = {k: v for k, v in scores.items() if k != "per_image"}
+                entry["per_image_psnr"] = [p["psnr"] for p in scores["per_image"]]
+                captions = [""] * truth[0].shape[0]
+                for p in scores["per_image"]:  # the figure lays reconstructions out like the originals
+                    captions[p["index"]] = f"{p['psnr']:.1f} dB"
+            record["attacks"][attack.name] = entry
+            rows.append((attack.name, rec, captions))
+        if rows:
+            originals = truth[0] if truth is not None else rows[0][1].images
+            lines = [(name, _aligned(rec, originals, truth is not None), caps) for name, rec, caps in rows]
+            atomic_write(folder / "reconstruction.png", lambda tmp: figures.reconstruction_grid(originals, lines, tmp))
+            record["figure"] = str((folder / "reconstruction.png").relative_to(self.out))
+        atomic_write_text(folder / "record.json", json.dumps(record, indent=2, default=str))
+        return record
+
+    def _truth(self, fits: list[FitRes]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.truth is None:
+            return None
+        parts = [self.truth(_partition(fit, k)) for k, fit in enumerate(fits)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _partition(fit: FitRes, fallback: int) -> int:
+    return int((fit.metrics or {}).get("partition_id", fallback))
+
+
+def _aligned(rec: Reconstruction, originals: torch.Tensor, scored: bool) -> torch.Tensor:
+    """The reconstruction laid out like the originals: matched by best PSNR when ground truth is there."""
+    if not scored:
+        return rec.images
+    from gradinv.metrics.matching import match
+
+    rows, cols = match(rec.images, originals)
+    out = torch.zeros_like(originals)
+    out[cols] = rec.images[rows]
+    return out
+
+
+def render(records: list[dict[str, Any]], out: Path) -> str:
+    """The audit report: per round and target, what each attack recovered, with pictures inlined."""
+    from gradinv.report.html import _img
+
+    sections = []
+    for r in records:
+        note = (
+            f"<p><b>Secure aggregation:</b> every reply carried the same weights, so the server saw only the "
+            f"aggregate of clients {r['clients']} (batch {r['batch_size']}); the attacks ran on the aggregate.</p>"
+            if r["secure_aggregation"]
+            else f"<p>The server saw client {r['clients'][0]}'s own update (batch {r['batch_size']}).</p>"
+        )
+        rows = []
+        for name, a in r["attacks"].items():
+            if "error" in a:
+                rows.append(
+                    f"<tr><td>{html.escape(name)}</td><td colspan=4>not applicable: {html.escape(a['error'])}</td></tr>"
+                )
+                continue
+            s = a.get("scores", {})
+            cells = [name, s.get("psnr"), s.get("ssim"), s.get("exact_fraction"), a["seconds"]]
+            rows.append("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>")
+        picture = _img(out / r["figure"], r["target"]) if "figure" in r else ""
+        sections.append(
+            f"<h2>Round {r['round']}: {html.escape(r['target'])}</h2>{note}<table><tr><th>attack</th><th>PSNR (dB)"
+            f"</th><th>SSIM</th><th>exact share</th><th>seconds</th></tr>{''.join(rows)}</table>{picture}"
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>gradinv: what the Flower server could reconstruct</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}
+img{{max-width:100%}}</style></head><body>
+<h1>What the curious Flower server could reconstruct</h1>
+<p>Each section is one update the server received; PSNR and SSIM compare the reconstruction with the client's private
+images (evaluation only: the attacks never read them). Scores are empty when no ground truth was given.</p>
+{"".join(sections)}
+</body></html>
+"""
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+class SGDClient(NumPyClient):
+    """A Flower client that takes ``local_steps`` SGD steps of size ``lr`` on its private batch (full batch or
+    mini-batches of ``batch_size``), exactly as :func:`gradinv.fl.client.compute_update` does, and reports them."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        partition_id: int,
+        lr: float,
+        local_steps: int,
+        batch_size: int | None,
+        threat: ThreatModel,
+    ) -> None:
+        self.model, self.images, self.labels = model, images, labels
+        self.partition_id, self.lr, self.local_steps, self.batch_size = partition_id, lr, local_steps, batch_size
+        self.threat = replace(
+            threat, update="fedavg", local_steps=local_steps, local_lr=lr, local_batch_size=batch_size
+        )
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        from gradinv.fl.client import compute_update, normalize
+
+        keys = list(self.model.state_dict())
+        model = model_at(self.model, parameters, keys).train(self.threat.bn_mode == "train")
+        delta = compute_update(model, normalize(self.images, self.threat.normalization), self.labels, self.threat)
+        changed = dict(zip([n for n, _ in model.named_parameters()], delta, strict=True))
+        state = model.state_dict()
+        after = [(state[k] - changed[k]).detach().numpy() if k in changed else state[k].numpy() for k in keys]
+        metrics = {"lr": self.lr, "local_steps": self.local_steps, "partition_id": self.partition_id}
+        if self.batch_size is not None:
+            metrics["batch_size"] = self.batch_size
+        return after, int(self.images.shape[0]), metrics
+
+
+def simulate(
+    strategy: Strategy,
+    model: nn.Module,
+    clients: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    rounds: int = 1,
+    lr: float = 0.1,
+    local_steps: int = 1,
+    batch_size: int | None = None,
+    threat: ThreatModel | None = None,
+    secure_aggregation: bool = False,
+) -> None:
+    """Run a real Flower simulation (Ray backend) of ``len(clients)`` :class:`SGDClient` s, each holding one
+    ``(images, labels)`` partition, under ``strategy``; with ``secure_aggregation`` the fit rounds go through
+    Flower's SecAgg+ workflow (every client's key shared with all others, all shares needed: ``num_shares=1.0``,
+    ``reconstruction_threshold=1.0``) and the clients run ``secaggplus_mod``.
+
+    The broadcast model starts at ``model``'s weights (in ``state_dict`` order).
+    """
+    if len(clients) < 2:
+        raise ValueError(f"a Flower simulation here needs >= 2 clients, got {len(clients)}")
+    threat = threat or ThreatModel()
+    initial = ndarrays_to_parameters([v.detach().numpy() for v in model.state_dict().values()])
+    if isinstance(strategy, CuriousStrategy) and isinstance(strategy.inner, FedAvg):
+        strategy.inner.initial_parameters = strategy.inner.initial_parameters or initial
+    elif isinstance(strategy, FedAvg):
+        strategy.initial_parameters = strategy.initial_parameters or initial
+    data = [(x.clone(), y.clone()) for x, y in clients]
+
+    def client_fn(context: Context) -> Any:
+        pid = int(context.node_config["partition-id"])
+        images, labels = data[pid]
+        return SGDClient(
+            copy.deepcopy(model),
+            images,
+            labels,
+            partition_id=pid,
+            lr=lr,
+            local_steps=local_steps,
+            batch_size=batch_size,
+            threat=threat,
+        ).to_client()
+
+    client_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod] if secure_aggregation else [])
+    config = ServerConfig(num_rounds=rounds)
+    if secure_aggregation:
+        server_app = ServerApp()
+
+        @server_app.main()
+        def main(grid: Any, context: Context) -> None:
+            legacy = LegacyContext(context=context, config=config, strategy=strategy)
+            workflow = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=1.0)
+            DefaultWorkflow(fit_workflow=workflow)(grid, legacy)
+
+    else:
+        server_app = ServerApp(server_fn=lambda context: ServerAppComponents(strategy=strategy, config=config))
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=len(clients),
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
+
+
+def demo(
+    out: str | Path,
+    *,
+    clients: int = 3,
+    images_per_client: int = 1,
+    secure_aggregation: bool = False,
+    attacks: Sequence[str] = ("bias_trick",),
+    dataset: str = "mnist_subset",
+    hidden: int = 256,
+    lr: float = 0.1,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """A Flower simulation on bundled real images (one partition per client, an MLP, one FedAvg round) with a
+    curious server; returns its records and writes ``out/report.html``."""
+    from gradinv import data, models
+
+    images, labels = data.load(dataset, n=clients * images_per_client, size=28, channels=1, seed=seed)
+    parts = [
+        (
+            images[i * images_per_client : (i + 1) * images_per_client],
+            labels[i * images_per_client : (i + 1) * images_per_client],
+        )
+        for i in range(clients)
+    ]
+    model = models.make("mlp", image_shape=(1, 28, 28), hidden=(hidden,), seed=seed)
+    inner = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=clients, min_available_clients=clients)
+    strategy = CuriousStrategy(
+        inner,
+        model=model,
+        image_shape=(1, 28, 28),
+        attacks=attacks,
+        out=out,
+        truth=lambda pid: parts[pid],
+        overwrite=overwrite,
+    )
+    simulate(strategy, model, parts, lr=lr, secure_aggregation=secure_aggregation)
+    return strategy.records
