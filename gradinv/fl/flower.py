@@ -9,7 +9,8 @@ report, and attacks the aggregate instead (the union batch of all clients).
 
 Client replies describe the local training in their metrics (Flower ``FitRes.metrics``): ``lr`` (required),
 ``local_steps`` (default 1), ``batch_size`` (the local mini-batch size; default the client's ``num_examples``), and
-``partition_id`` (which data partition; used only to score against ground truth in evaluation code).
+``partition_id`` (which data partition; used only to score against ground truth in evaluation code). A client that
+sends its gradient instead of its weights (FedSGD) says ``update="gradient"``; the default is ``"weights"``.
 """
 
 from __future__ import annotations
@@ -202,13 +203,31 @@ class CuriousStrategy(Strategy):
         aggregated: bool,
     ) -> Observation:
         metrics = [dict(fit.metrics or {}) for fit in fits]
+        examples = sum(int(fit.num_examples) for fit in fits)
+        defenses = [{"name": "flower_secaggplus", "clients": len(fits)}] if aggregated else []
+        kinds = {str(m.get("update", "weights")) for m in metrics}
+        if kinds == {"gradient"}:  # the client sent its gradient in place of weights (FedSGD)
+            index = {k: i for i, k in enumerate(self.keys)}
+            return Observation(
+                model=model,
+                update={
+                    n: torch.from_numpy(np.array(after[index[n]], copy=True)).to(p.dtype).reshape(p.shape)
+                    for n, p in model.named_parameters()
+                },
+                threat=replace(self.threat, update="gradient"),
+                image_shape=self.image_shape,  # type: ignore[arg-type]
+                num_classes=self.num_classes,
+                batch_size=examples if self.threat.knows_batch_size else None,
+                defenses=defenses,
+            )
+        if kinds != {"weights"}:
+            raise ValueError(f"metrics['update'] must be 'weights' or 'gradient' for every reply, got {sorted(kinds)}")
         if any("lr" not in m for m in metrics):
             raise ValueError("each client reply must report its learning rate as metrics['lr'] (and local_steps)")
         lrs = {float(m["lr"]) for m in metrics}
         steps = {int(m.get("local_steps", 1)) for m in metrics}
         if len(lrs) > 1 or len(steps) > 1:
             raise ValueError(f"the aggregated clients disagree on lr {sorted(lrs)} or local steps {sorted(steps)}")
-        examples = sum(int(fit.num_examples) for fit in fits)
         local_batch = int(metrics[0].get("batch_size", fits[0].num_examples)) if not aggregated else None
         threat = replace(
             self.threat,
@@ -224,7 +243,7 @@ class CuriousStrategy(Strategy):
             image_shape=self.image_shape,  # type: ignore[arg-type]
             num_classes=self.num_classes,
             batch_size=examples if threat.knows_batch_size else None,
-            defenses=[{"name": "flower_secaggplus", "clients": len(fits)}] if aggregated else [],
+            defenses=defenses,
         )
 
     def _attack(

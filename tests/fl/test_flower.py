@@ -9,18 +9,29 @@ import pytest
 
 pytest.importorskip("flwr")
 
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters  # noqa: E402
+from flwr.server.client_manager import SimpleClientManager  # noqa: E402
+from flwr.server.strategy import FedAvg  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+import gradinv as gi  # noqa: E402
+from gradinv.cli import app  # noqa: E402
 from gradinv.fl import flower  # noqa: E402
 
 
 @pytest.mark.slow
 def test_the_curious_server_recovers_each_client_without_secure_aggregation(tmp_path) -> None:
-    records = flower.demo(tmp_path / "plain", clients=2, attacks=("bias_trick",))
+    # through the command line: gradinv flower-demo runs the Flower simulation and prints the table
+    out = tmp_path / "plain"
+    result = CliRunner().invoke(app, ["flower-demo", "--out", str(out), "--clients", "2", "--attack", "bias_trick"])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "results.json").read_text())
     assert sorted(r["target"] for r in records) == ["client_0", "client_1"]
     for record in records:
         assert not record["secure_aggregation"]
         assert record["attacks"]["bias_trick"]["scores"]["psnr"] > 30
-    assert (tmp_path / "plain" / "report.html").read_text().count("<h2>") == 2
-    assert json.loads((tmp_path / "plain" / "results.json").read_text()) == json.loads(json.dumps(records, default=str))
+    assert (out / "report.html").read_text().count("<h2>") == 2
+    assert (out / "round_001" / "client_0" / "reconstruction.png").exists()
 
 
 @pytest.mark.slow
@@ -46,8 +57,41 @@ def test_gradinv_imports_without_flower_and_the_wrapper_says_how_to_install() ->
     assert "pip install 'gradinv[flower]'" in out
 
 
-def test_the_wrapper_rejects_what_is_not_a_strategy(tmp_path) -> None:
-    import gradinv as gi
+def test_a_gradient_reply_and_a_weight_reply_are_both_read_exactly(tmp_path) -> None:
+    # Without a simulation: the strategy's audit on hand-made Flower replies (FedSGD gradient, FedAvg weights)
+    images, labels = gi.data.load("mnist_subset", n=2, size=28, channels=1, seed=0)
+    model = gi.models.make("mlp", image_shape=(1, 28, 28), hidden=(64,), seed=0)
+    truth = {0: (images[:1], labels[:1]), 1: (images[1:], labels[1:])}
+    inner = FedAvg(min_fit_clients=0, min_available_clients=0)
+    strategy = flower.CuriousStrategy(
+        inner, model=model, image_shape=(1, 28, 28), out=tmp_path / "audit", truth=truth.__getitem__
+    )
+    before = [v.detach().numpy().copy() for v in model.state_dict().values()]
+    strategy.configure_fit(1, ndarrays_to_parameters(before), SimpleClientManager())
+    gradient = gi.observe(model, *truth[0]).update
+    weights = gi.observe(model, *truth[1], threat=gi.ThreatModel(update="fedavg", local_steps=1, local_lr=0.1)).update
+    replies = [
+        FitRes(
+            Status(Code.OK, ""),
+            ndarrays_to_parameters([g.numpy() for g in gradient.values()]),
+            1,
+            {"update": "gradient", "partition_id": 0},
+        ),
+        FitRes(
+            Status(Code.OK, ""),
+            ndarrays_to_parameters([b - w.numpy() for b, w in zip(before, weights.values(), strict=True)]),
+            1,
+            {"lr": 0.1, "partition_id": 1},
+        ),
+    ]
+    records = strategy.audit(1, replies)
+    assert [r["target"] for r in records] == ["client_0", "client_1"]
+    assert all(r["attacks"]["bias_trick"]["scores"]["psnr"] > 60 for r in records)
+    assert records[0]["threat"]["update"] == "gradient" and records[1]["threat"]["update"] == "fedavg"
+    with pytest.raises(ValueError, match="learning rate"):
+        strategy.audit(1, [FitRes(Status(Code.OK, ""), replies[1].parameters, 1, {})])
 
+
+def test_the_wrapper_rejects_what_is_not_a_strategy(tmp_path) -> None:
     with pytest.raises(TypeError, match="Flower Strategy"):
         flower.CuriousStrategy(object(), model=gi.models.make("mlp"), image_shape=(3, 32, 32), out=tmp_path / "x")
