@@ -65,19 +65,27 @@ def model_at(model: nn.Module, arrays: Sequence[np.ndarray], keys: Sequence[str]
     return copy_
 
 
+def by_parameter(arrays: Sequence[np.ndarray], keys: Sequence[str], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Flower's array list (one array per ``keys`` entry) as a tensor per trainable parameter of ``model``, in
+    ``named_parameters()`` order and the parameter's dtype."""
+    index = {k: i for i, k in enumerate(keys)}
+    out = {}
+    for name, param in model.named_parameters():
+        if name not in index:
+            raise ValueError(f"parameter {name!r} is missing from the Flower parameter keys")
+        value = np.asarray(arrays[index[name]], dtype=np.float64)
+        out[name] = torch.from_numpy(value).to(param.dtype).reshape(param.shape)
+    return out
+
+
 def weight_difference(
     before: Sequence[np.ndarray], after: Sequence[np.ndarray], keys: Sequence[str], model: nn.Module
 ) -> dict[str, torch.Tensor]:
     """``w_before - w_after`` for every trainable parameter (computed in float64, stored in the parameter's dtype)."""
-    index = {k: i for i, k in enumerate(keys)}
-    update = {}
-    for name, param in model.named_parameters():
-        if name not in index:
-            raise ValueError(f"parameter {name!r} is missing from the Flower parameter keys")
-        i = index[name]
-        diff = np.asarray(before[i], dtype=np.float64) - np.asarray(after[i], dtype=np.float64)
-        update[name] = torch.from_numpy(diff).to(param.dtype).reshape(param.shape)
-    return update
+    diffs = [
+        np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64) for b, a in zip(before, after, strict=True)
+    ]
+    return by_parameter(diffs, keys, model)
 
 
 class CuriousStrategy(Strategy):
@@ -204,46 +212,36 @@ class CuriousStrategy(Strategy):
     ) -> Observation:
         metrics = [dict(fit.metrics or {}) for fit in fits]
         examples = sum(int(fit.num_examples) for fit in fits)
-        defenses = [{"name": "flower_secaggplus", "clients": len(fits)}] if aggregated else []
         kinds = {str(m.get("update", "weights")) for m in metrics}
         if kinds == {"gradient"}:  # the client sent its gradient in place of weights (FedSGD)
-            index = {k: i for i, k in enumerate(self.keys)}
-            return Observation(
-                model=model,
-                update={
-                    n: torch.from_numpy(np.array(after[index[n]], copy=True)).to(p.dtype).reshape(p.shape)
-                    for n, p in model.named_parameters()
-                },
-                threat=replace(self.threat, update="gradient"),
-                image_shape=self.image_shape,  # type: ignore[arg-type]
-                num_classes=self.num_classes,
-                batch_size=examples if self.threat.knows_batch_size else None,
-                defenses=defenses,
+            threat = replace(self.threat, update="gradient")
+            update = by_parameter(after, self.keys, model)
+        elif kinds == {"weights"}:
+            if any("lr" not in m for m in metrics):
+                raise ValueError("each client reply must report its learning rate as metrics['lr'] (and local_steps)")
+            lrs = {float(m["lr"]) for m in metrics}
+            steps = {int(m.get("local_steps", 1)) for m in metrics}
+            if len(lrs) > 1 or len(steps) > 1:
+                raise ValueError(f"the aggregated clients disagree on lr {sorted(lrs)} or local steps {sorted(steps)}")
+            local_batch = int(metrics[0].get("batch_size", fits[0].num_examples)) if not aggregated else None
+            threat = replace(
+                self.threat,
+                update="fedavg",
+                local_steps=steps.pop(),
+                local_lr=lrs.pop(),
+                local_batch_size=local_batch if local_batch is not None and local_batch < examples else None,
             )
-        if kinds != {"weights"}:
+            update = weight_difference(before, after, self.keys, model)
+        else:
             raise ValueError(f"metrics['update'] must be 'weights' or 'gradient' for every reply, got {sorted(kinds)}")
-        if any("lr" not in m for m in metrics):
-            raise ValueError("each client reply must report its learning rate as metrics['lr'] (and local_steps)")
-        lrs = {float(m["lr"]) for m in metrics}
-        steps = {int(m.get("local_steps", 1)) for m in metrics}
-        if len(lrs) > 1 or len(steps) > 1:
-            raise ValueError(f"the aggregated clients disagree on lr {sorted(lrs)} or local steps {sorted(steps)}")
-        local_batch = int(metrics[0].get("batch_size", fits[0].num_examples)) if not aggregated else None
-        threat = replace(
-            self.threat,
-            update="fedavg",
-            local_steps=steps.pop(),
-            local_lr=lrs.pop(),
-            local_batch_size=local_batch if local_batch is not None and local_batch < examples else None,
-        )
         return Observation(
             model=model,
-            update=weight_difference(before, after, self.keys, model),
+            update=update,
             threat=threat,
             image_shape=self.image_shape,  # type: ignore[arg-type]
             num_classes=self.num_classes,
             batch_size=examples if threat.knows_batch_size else None,
-            defenses=defenses,
+            defenses=[{"name": "flower_secaggplus", "clients": len(fits)}] if aggregated else [],
         )
 
     def _attack(
@@ -313,7 +311,7 @@ def _aligned(rec: Reconstruction, originals: torch.Tensor, scored: bool) -> torc
 
 def render(records: list[dict[str, Any]], out: Path) -> str:
     """The audit report: per round and target, what each attack recovered, with pictures inlined."""
-    from gradinv.report.html import _img
+    from gradinv.report.html import _fmt, _img
 
     sections = []
     for r in records:
@@ -332,7 +330,7 @@ def render(records: list[dict[str, Any]], out: Path) -> str:
                 continue
             s = a.get("scores", {})
             cells = [name, s.get("psnr"), s.get("ssim"), s.get("exact_fraction"), a["seconds"]]
-            rows.append("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>")
+            rows.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
         picture = _img(out / r["figure"], r["target"]) if "figure" in r else ""
         sections.append(
             f"<h2>Round {r['round']}: {html.escape(r['target'])}</h2>{note}<table><tr><th>attack</th><th>PSNR (dB)"
@@ -351,12 +349,6 @@ images (evaluation only: the attacks never read them). Scores are empty when no 
 """
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
-
-
 class SGDClient(NumPyClient):
     """A Flower client that takes ``local_steps`` SGD steps of size ``lr`` on its private batch (full batch or
     mini-batches of ``batch_size``), exactly as :func:`gradinv.fl.client.compute_update` does, and reports them."""
@@ -373,8 +365,7 @@ class SGDClient(NumPyClient):
         batch_size: int | None,
         threat: ThreatModel,
     ) -> None:
-        self.model, self.images, self.labels = model, images, labels
-        self.partition_id, self.lr, self.local_steps, self.batch_size = partition_id, lr, local_steps, batch_size
+        self.model, self.images, self.labels, self.partition_id = model, images, labels, partition_id
         self.threat = replace(
             threat, update="fedavg", local_steps=local_steps, local_lr=lr, local_batch_size=batch_size
         )
@@ -388,9 +379,13 @@ class SGDClient(NumPyClient):
         changed = dict(zip([n for n, _ in model.named_parameters()], delta, strict=True))
         state = model.state_dict()
         after = [(state[k] - changed[k]).detach().numpy() if k in changed else state[k].numpy() for k in keys]
-        metrics = {"lr": self.lr, "local_steps": self.local_steps, "partition_id": self.partition_id}
-        if self.batch_size is not None:
-            metrics["batch_size"] = self.batch_size
+        metrics = {
+            "lr": self.threat.local_lr,
+            "local_steps": self.threat.local_steps,
+            "partition_id": self.partition_id,
+        }
+        if self.threat.local_batch_size is not None:
+            metrics["batch_size"] = self.threat.local_batch_size
         return after, int(self.images.shape[0]), metrics
 
 
@@ -417,10 +412,9 @@ def simulate(
         raise ValueError(f"a Flower simulation here needs >= 2 clients, got {len(clients)}")
     threat = threat or ThreatModel()
     initial = ndarrays_to_parameters([v.detach().numpy() for v in model.state_dict().values()])
-    if isinstance(strategy, CuriousStrategy) and isinstance(strategy.inner, FedAvg):
-        strategy.inner.initial_parameters = strategy.inner.initial_parameters or initial
-    elif isinstance(strategy, FedAvg):
-        strategy.initial_parameters = strategy.initial_parameters or initial
+    user_strategy = strategy.inner if isinstance(strategy, CuriousStrategy) else strategy
+    if isinstance(user_strategy, FedAvg) and user_strategy.initial_parameters is None:
+        user_strategy.initial_parameters = initial
     data = [(x.clone(), y.clone()) for x, y in clients]
 
     def client_fn(context: Context) -> Any:
