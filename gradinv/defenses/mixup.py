@@ -82,8 +82,12 @@ class MixUp(Defense):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if images.shape[0] < self.k:
             raise ValueError(f"{self.name} with k={self.k} needs at least {self.k} images in the client's batch")
-        partners, coefficients = mixing(images.shape[0], self.k, self.upper_bound, self.lower_bound, generator)
-        return mix(images, targets, partners, coefficients)
+        return mix(images, targets, *self.plan(images.shape[0], generator=generator))
+
+    def plan(self, n: int, *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The partners and coefficients :meth:`encode` draws for a batch of ``n`` (the generator's first draws):
+        with the client's seed, what Huang et al.'s decoding upper bound grants the attacker."""
+        return mixing(n, self.k, self.upper_bound, self.lower_bound, generator)
 
 
 def unmix(encodings: torch.Tensor, soft_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
