@@ -1,4 +1,4 @@
-"""The ``gradinv`` command line: ``attack``, ``demo``, ``list``."""
+"""The ``gradinv`` command line: ``attack``, ``demo``, ``flower-demo``, ``evaluate``, ``results``, ``list``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -158,7 +159,7 @@ def attack(
         with _progress() as factory:
             record = run(config, out, overwrite=overwrite, progress=factory)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     _print_summary(record, out)
 
@@ -184,7 +185,7 @@ def demo(
         with _progress() as factory:
             record = run(config, out, overwrite=overwrite, progress=factory)
     except FileExistsError as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     _print_summary(record, out)
 
@@ -201,14 +202,14 @@ def flower_demo(
     try:
         from gradinv.fl import flower
     except ImportError as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     try:
         records = flower.demo(
             out, clients=clients, secure_aggregation=secure_aggregation, attacks=attack_names, overwrite=overwrite
         )
     except (ValueError, TypeError, FileExistsError) as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     table = Table(title="what the Flower server recovered (PSNR, dB)")
     table.add_column("round")
@@ -220,6 +221,76 @@ def flower_demo(
         table.add_row(str(r["round"]), r["target"], *(f"{c:.1f}" if isinstance(c, float) else str(c) for c in cells))
     console.print(table)
     console.print(f"report: {out / 'report.html'}")
+
+
+@app.command("evaluate")
+def evaluate_grid(
+    grid_file: Path = typer.Argument(..., help="The grid, a TOML file (see examples/tiny.toml)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: results.sqlite, report.html, cells/."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run recorded in --out (skips finished cells)."),
+    backend: str = typer.Option("local", help="'local' (in process) or 'ray' (one Ray task per cell)."),
+    address: str = typer.Option(None, help="Ray cluster address (default: start a local Ray)."),
+    num_cpus: int = typer.Option(None, help="CPUs of the local Ray."),
+) -> None:
+    """Run the attack x defense x setting grid of GRID_FILE (Huang et al. 2021's protocol) and write the report."""
+    from gradinv.evaluate import GridError, evaluate, load_grid
+
+    try:
+        grid = load_grid(grid_file)
+    except (GridError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(code=2) from err
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    try:
+        with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task(f"grid {grid.name} ({len(grid.cells)} cells)", total=None)
+
+            def progress(done: int, total: int, description: str) -> None:
+                bar.update(task, completed=done, total=total)
+                bar.console.print(f"  {description}", soft_wrap=True, markup=False)
+
+            report = evaluate(
+                grid, out, resume=resume, backend=backend, address=address, num_cpus=num_cpus, progress=progress
+            )
+    except (ValueError, FileExistsError, ImportError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(code=2) from err
+    _print_results(out)
+    console.print(f"report: [bold]{report}[/bold]")
+
+
+def _print_results(folder: Path) -> None:
+    from gradinv.evaluate.results import load_table
+
+    shown = ("threat_label", "batch_size", "attack", "defense_label", "psnr", "ssim", "accuracy", "cost_seconds")
+    table = Table(title=f"gradinv grid results: {folder} (all columns: --format csv)")
+    for column in ("threat", "batch", "attack", "defense", "PSNR dB", "SSIM", "accuracy", "full recovery s"):
+        table.add_column(column, justify="right")
+    for row in load_table(folder):
+        table.add_row(
+            *(f"{v:.3g}" if isinstance(v, float) else "" if v is None else str(v) for v in (row[c] for c in shown))
+        )
+    console.print(table)
+
+
+@app.command("results")
+def results(
+    folder: Path = typer.Argument(..., help="An output folder of `gradinv evaluate`."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+) -> None:
+    """Print a grid's results table, or export it as CSV or JSON (to stdout)."""
+    from gradinv.evaluate.results import export
+
+    if not (folder / "results.sqlite").exists():
+        console.print(f"[red]error:[/red] {folder} has no results.sqlite", soft_wrap=True)
+        raise typer.Exit(code=2)
+    if fmt == "table":
+        _print_results(folder)
+    elif fmt in ("csv", "json"):
+        typer.echo(export(folder, fmt), nl=False)
+    else:
+        console.print(f"[red]error:[/red] --format must be table, csv or json, not {fmt!r}", soft_wrap=True)
+        raise typer.Exit(code=2)
 
 
 @app.command("list")

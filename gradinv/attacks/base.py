@@ -40,6 +40,8 @@ class Attack(ABC):
 
     name: ClassVar[str]
     requires: ClassVar[frozenset[str]] = frozenset()
+    max_batch: ClassVar[int | None] = None
+    """The largest batch the attack is defined for (``None``: any)."""
     exact: ClassVar[bool] = False
     """Analytic: where its conditions hold the answer is the data itself, whatever the seed."""
 
@@ -63,7 +65,8 @@ class Attack(ABC):
         residual = gradient_residual(observation, images, result.labels) if result.labels is not None else {}
         return Reconstruction(
             images=images,
-            labels=None if result.labels is None else result.labels.detach().long(),
+            # soft (N, K) targets (known labels of MixUp encodings) name no class per image: not reported as labels
+            labels=None if result.labels is None or result.labels.dim() != 1 else result.labels.detach().long(),
             trace=result.trace,
             seconds=seconds,
             residual=residual,

@@ -18,6 +18,7 @@ class IDLG(DLG):
     """
 
     name = "idlg"
+    max_batch = 1
 
     def fixed_labels(self, observation: Observation, n: int) -> tuple[torch.Tensor | None, str]:
         if n != 1:

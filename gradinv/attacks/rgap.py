@@ -390,6 +390,7 @@ class RGAP(Attack):
     name = "rgap"
     exact = True
     requires = frozenset()
+    max_batch = 1
 
     def __init__(self, *, rcond: float = 1e-7) -> None:
         if not 0 < rcond < 1:

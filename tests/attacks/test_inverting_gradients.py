@@ -14,7 +14,7 @@ def _mean_colour(images: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("photo_index", [1, 2])  # chelsea (the cat), coffee
+@pytest.mark.parametrize("photo_index", [1])  # chelsea (the cat); coffee (2) passes too, left out for CI time
 def test_inverting_gradients_on_convnet(photo_index: int) -> None:
     # Prepare: the client's BN in eval mode, as in the paper's experiments; labels withheld (recovered by iDLG)
     images, labels = gi.data.load("skimage", indices=[photo_index], size=32)

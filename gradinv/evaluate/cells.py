@@ -1,0 +1,139 @@
+"""Running one grid cell: a client with the cell's defenses shares updates of its batches, the cell's attack
+inverts each, and the evaluation side (which alone reads the private images) scores them."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from gradinv import attacks, data, defenses, metrics, models
+from gradinv.evaluate.cost import full_recovery
+from gradinv.evaluate.utility import utility
+from gradinv.fl.client import encode_batch, observe
+from gradinv.observation import ThreatModel
+from gradinv.pipeline import NORMALIZATIONS
+
+
+def _stats(values: list[float | None]) -> dict[str, float | None]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None}
+    return {"mean": statistics.fmean(present), "std": statistics.pstdev(present) if len(present) > 1 else 0.0}
+
+
+def _model(config: dict[str, Any]) -> torch.nn.Module:
+    shape = (config["channels"], config["size"], config["size"])
+    return models.make(
+        config["model"],
+        num_classes=config["num_classes"],
+        image_shape=shape,
+        seed=config["seed"],
+        **config["model_options"],
+    )
+
+
+def run_cell(config: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell; returns ``summary``, per-image ``rows``, and ``originals`` / ``reconstructions`` tensors."""
+    images, labels = data.load(
+        config["data"],
+        n=config["images"],
+        size=config["size"],
+        seed=config["seed"],
+        channels=config["channels"],
+        num_classes=config["num_classes"],
+        root=config["root"],
+    )
+    threat = ThreatModel(normalization=NORMALIZATIONS[config["normalization"]], **config["threat"])
+    attack = attacks.make(config["attack"], **config["attack_options"])
+    b = config["batch_size"]
+    rows: list[dict[str, Any]] = []
+    shown = torch.zeros_like(images)
+    seconds, steps, chain = [], [], []
+    for batch in range(images.shape[0] // b):
+        x, y = images[batch * b : (batch + 1) * b], labels[batch * b : (batch + 1) * b]
+        chain = [defenses.make(name, **params) for name, params in config["defenses"]]  # fresh: DP-SGD accounting
+        model = attack.prepare_model(_model(config), threat)
+        client_seed = config["seed"] * 100_003 + batch
+        rec = attack.reconstruct(observe(model, x, y, threat=threat, seed=client_seed, defenses=chain))
+        scores = metrics.score(rec, x, y)
+        encoded, _ = encode_batch(x, y, config["num_classes"], chain, seed=client_seed)
+        versus_encodings = metrics.score(rec, encoded, y) if encoded is not x else None
+        seconds.append(rec.seconds)
+        steps.append(len(rec.trace))
+        for entry in scores["per_image"]:
+            shown[batch * b + entry["index"]] = rec.images[entry["match"]]
+            label_ok = None if "label_pred" not in entry else int(entry["label_pred"] == entry["label"])
+            rows.append(
+                {
+                    "image": batch * b + entry["index"],
+                    "batch": batch,
+                    "psnr": entry["psnr"],
+                    "ssim": entry["ssim"],
+                    "mse": entry["mse"],
+                    "lpips": entry.get("lpips"),
+                    "label_ok": label_ok,
+                    "exact": int(entry["max_abs_error"] < metrics.EXACT_TOLERANCE),
+                    "encoding_psnr": None
+                    if versus_encodings is None
+                    else max(e["psnr"] for e in versus_encodings["per_image"] if e["match"] == entry["match"]),
+                }
+            )
+        matched = {e["index"] for e in scores["per_image"]}
+        rows += [  # originals the attack returned no image for: recorded, unscored
+            {"image": batch * b + i, "batch": batch, "exact": 0} for i in range(x.shape[0]) if i not in matched
+        ]
+    rows.sort(key=lambda r: r["image"])
+    per_batch = statistics.fmean(seconds)
+    summary = {
+        **{m: _stats([r.get(m) for r in rows]) for m in ("psnr", "ssim", "lpips", "encoding_psnr")},
+        "label_acc": _stats([r.get("label_ok") for r in rows])["mean"],
+        "exact_fraction": statistics.fmean(r["exact"] for r in rows),
+        "matched_fraction": sum(r.get("psnr") is not None for r in rows) / len(rows),
+        "attack_seconds_per_batch": per_batch,
+        "attack_iterations": statistics.fmean(steps),
+        "cost": full_recovery(per_batch, b, config["client_images"], chain),
+        "defenses": [d.config() for d in chain],
+    }
+    return {"summary": summary, "rows": rows, "originals": images, "reconstructions": shown}
+
+
+def utility_config(config: dict[str, Any]) -> dict[str, Any] | None:
+    """What a cell's utility depends on (model, defenses, training setup), or ``None`` when the grid measures none."""
+    if not config["utility"]:
+        return None
+    keep = ("model", "model_options", "size", "channels", "num_classes", "normalization", "defenses", "utility")
+    return {k: config[k] for k in keep}
+
+
+def run_utility(config: dict[str, Any]) -> dict[str, Any]:
+    """Train with the defenses (``gi.evaluate.utility``) and return the test accuracy and how it was measured."""
+    setup = config["utility"]
+    result = utility(
+        lambda: _model({**config, "seed": setup["seed"]}),
+        setup["dataset"],
+        [defenses.make(name, **params) for name, params in config["defenses"]],
+        setup["epochs"],
+        n=setup["n"],
+        size=config["size"],
+        channels=config["channels"],
+        batch_size=setup["batch_size"],
+        lr=setup["lr"],
+        normalization=NORMALIZATIONS[config["normalization"]],
+        seed=setup["seed"],
+    )
+    return {"accuracy": result.accuracy, "seconds": result.seconds, "steps": result.steps, "n_test": result.n_test}
+
+
+def execute(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Run a cell or a utility job; an exception becomes ``{"error": ...}`` so the grid goes on."""
+    start = time.perf_counter()
+    try:
+        result = run_cell(config) if kind == "cell" else run_utility(config)
+    except Exception as err:  # noqa: BLE001 - a failed cell is recorded with its error, the grid continues
+        last = traceback.format_exc(limit=-1).strip().splitlines()[-1]
+        return {"error": f"{type(err).__name__}: {err}", "where": last, "seconds": time.perf_counter() - start}
+    return {**result, "seconds": time.perf_counter() - start}

@@ -1,0 +1,399 @@
+"""The evaluation grid of Huang et al. (NeurIPS 2021, Sec. 3-6) as a TOML file: models x threat-model relaxations x
+attacks x defenses (with parameter sweeps) x batch sizes x seeds, each combination one :class:`Cell`.
+
+A grid is checked completely before anything runs: an unknown name, an option of the wrong type, a value a
+constructor rejects or an impossible combination raises :class:`GridError` naming the file, the line and the reason.
+
+Sections (see ``examples/tiny.toml``)::
+
+    [grid]        name, data, root, size, channels, num_classes, normalization, images, batch_sizes, seeds,
+                  client_images (the client's dataset size, for cost estimates; default: images)
+    [utility]     dataset, epochs, n, batch_size, lr, seed (optional: without it no accuracy is measured)
+    [[models]]    name, then the model's options
+    [[threats]]   label, then ThreatModel fields (knows_labels, knows_bn_stats, bn_mode, update, local_steps, ...)
+    [[attacks]]   name, then the attack's options
+    [[defenses]]  name ("none" for none) and its parameters, ``sweep = { parameter = [values] }``, or
+                  ``chain = [{ name = "prune", ratio = 0.9 }, { name = "mixup", k = 4 }]``; optional label
+
+Any [[attacks]] or [[defenses]] entry may take ``batch_sizes = [...]`` (drawn from [grid]) to run only there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gradinv import attacks, data, defenses, models
+from gradinv.attacks.base import Attack
+from gradinv.defenses.mixup import MixUp
+from gradinv.observation import ThreatModel
+from gradinv.pipeline import NORMALIZATIONS
+
+GRID_KEYS = {
+    "name": "grid",
+    "data": "digits",
+    "root": None,
+    "size": 16,
+    "channels": 1,
+    "num_classes": 10,
+    "normalization": "none",
+    "images": 8,
+    "batch_sizes": [1],
+    "seeds": [0],
+    "client_images": None,
+}
+UTILITY_KEYS = {"dataset": None, "epochs": 1, "n": 1000, "batch_size": 32, "lr": 0.05, "seed": 0}
+SECTIONS = ("grid", "utility", "models", "threats", "attacks", "defenses")
+
+
+class GridError(ValueError):
+    """A grid file that cannot run, with where and why."""
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """A stable identifier of a configuration: a hash of its canonical JSON."""
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of the grid: everything needed to run it, as JSON-ready values."""
+
+    config: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """A stable identifier: a hash of the canonical JSON of the configuration."""
+        return config_key(self.config)
+
+
+@dataclass
+class Grid:
+    """A checked grid and its cells."""
+
+    name: str
+    path: Path
+    cells: list[Cell] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _line(lines: list[str], table: str, index: int, key: str | None) -> int:
+    """The 1-based line of ``key`` in the ``index``-th ``[[table]]`` (or of ``[table]``), best effort."""
+    header = re.compile(rf"^\s*\[\[?\s*{re.escape(table)}\s*\]\]?")
+    starts = [i for i, text in enumerate(lines) if header.match(text)]
+    if index >= len(starts):
+        return 1
+    start = starts[index]
+    if key is None:
+        return start + 1
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=|[{{,]\s*{re.escape(key)}\s*=")
+    for i in range(start + 1, len(lines)):
+        if lines[i].lstrip().startswith("["):
+            break
+        if pattern.search(lines[i]):
+            return i + 1
+    return start + 1
+
+
+def _type_name(value: Any) -> str:
+    """``"a boolean"``, ``"an integer"``, ... for error messages."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list"}
+    return names.get(type(value), "a value")
+
+
+def check_options(target: Callable[..., Any], options: dict[str, Any]) -> str | None:
+    """Why ``options`` do not fit ``target``'s keyword parameters (unknown name, or a type unlike the default's),
+    or ``None``."""
+    params = inspect.signature(target).parameters
+    open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for name, value in options.items():
+        if name not in params:
+            if open_kwargs:
+                continue
+            known = [p for p in params if p not in ("self", "args", "kwargs")]
+            return f"unknown option {name!r}; expected one of {', '.join(known)}"
+        default = params[name].default
+        if default is inspect.Parameter.empty or default is None:
+            continue
+        expected: tuple[type, ...] = (
+            (bool,)
+            if isinstance(default, bool)
+            else (int,)
+            if isinstance(default, int)
+            else (int, float)
+            if isinstance(default, float)
+            else (str,)
+            if isinstance(default, str)
+            else (list, tuple)
+            if isinstance(default, list | tuple)
+            else (object,)
+        )
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+            return f"option {name!r} must be {_type_name(default)}, got {_type_name(value)} {value!r}"
+    return None
+
+
+class _Reader:
+    """Reads one grid file, raising :class:`GridError` at the offending line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        text = path.read_text()
+        self.lines = text.splitlines()
+        try:
+            self.doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise GridError(f"{path}: not valid TOML: {err}") from err
+
+    def fail(self, table: str, index: int, key: str | None, reason: str) -> GridError:
+        return GridError(f"{self.path}:{_line(self.lines, table, index, key)}: [{table}] {reason}")
+
+    def table(self, name: str, defaults: dict[str, Any]) -> dict[str, Any]:
+        given = self.doc.get(name, {})
+        if not isinstance(given, dict):
+            raise self.fail(name, 0, None, "must be a table [name], not an array [[name]]")
+        for key, value in given.items():
+            if key not in defaults:
+                raise self.fail(name, 0, key, f"unknown key {key!r}; expected one of {', '.join(defaults)}")
+            default = defaults[key]
+            if default is not None and not isinstance(
+                value, type(default) if not isinstance(default, float) else (int, float)
+            ):
+                raise self.fail(
+                    name, 0, key, f"{key!r} must be {_type_name(default)}, got {_type_name(value)} {value!r}"
+                )
+        return {**defaults, **given}
+
+    def entries(self, name: str) -> list[dict[str, Any]]:
+        given = self.doc.get(name)
+        if not isinstance(given, list) or not given or not all(isinstance(e, dict) for e in given):
+            raise self.fail(name, 0, None, f"the grid needs at least one [[{name}]] entry")
+        return given
+
+
+def _label(name: str, params: dict[str, Any]) -> str:
+    inner = ", ".join(f"{k}={v}" for k, v in params.items())
+    return f"{name}({inner})" if inner else name
+
+
+def _models(reader: _Reader, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    shape = (settings["channels"], settings["size"], settings["size"])
+    out = []
+    for i, entry in enumerate(reader.entries("models")):
+        options = {k: v for k, v in entry.items() if k != "name"}
+        name = entry.get("name")
+        if name not in models.REGISTRY:
+            raise reader.fail("models", i, "name", f"unknown model {name!r}; available: {', '.join(models.names())}")
+        try:
+            models.make(name, num_classes=settings["num_classes"], image_shape=shape, seed=0, **options)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise reader.fail("models", i, None, f"model {name!r} with {options} for images {shape}: {err}") from err
+        out.append({"model": name, "model_options": options})
+    return out
+
+
+def _threats(reader: _Reader, settings: dict[str, Any]) -> list[tuple[str, ThreatModel]]:
+    out = []
+    for i, entry in enumerate(reader.doc.get("threats") or [{}]):
+        fields = {k: v for k, v in entry.items() if k != "label"}
+        if "normalization" in fields:
+            raise reader.fail("threats", i, "normalization", "the normalisation is set once, in [grid]")
+        problem = check_options(ThreatModel, fields)
+        if problem:
+            key = next((k for k in fields if repr(k) in problem), None)
+            raise reader.fail("threats", i, key, problem)
+        try:
+            threat = ThreatModel(normalization=NORMALIZATIONS[settings["normalization"]], **fields)
+        except ValueError as err:
+            raise reader.fail("threats", i, None, str(err)) from err
+        out.append((str(entry.get("label", _label("threat", fields))), threat))
+    return out
+
+
+def _only(reader: _Reader, table: str, i: int, entry: dict[str, Any], settings: dict[str, Any]) -> set[int]:
+    """The batch sizes an entry is restricted to (``batch_sizes = [...]`` in the entry; default: all of [grid])."""
+    chosen = entry.pop("batch_sizes", settings["batch_sizes"])
+    if not isinstance(chosen, list) or not set(chosen) <= set(settings["batch_sizes"]):
+        raise reader.fail(
+            table, i, "batch_sizes", f"batch_sizes must be a list drawn from [grid] {settings['batch_sizes']}"
+        )
+    return set(chosen)
+
+
+def _attacks(reader: _Reader, settings: dict[str, Any]) -> list[tuple[str, dict[str, Any], set[int]]]:
+    out = []
+    for i, given in enumerate(reader.entries("attacks")):
+        entry = dict(given)
+        only = _only(reader, "attacks", i, entry, settings)
+        name = entry.get("name")
+        options = {k: v for k, v in entry.items() if k != "name"}
+        if name not in attacks.REGISTRY:
+            raise reader.fail("attacks", i, "name", f"unknown attack {name!r}; available: {', '.join(attacks.names())}")
+        problem = check_options(attacks.REGISTRY[name].__init__, options)
+        if problem:
+            raise reader.fail("attacks", i, next((k for k in options if repr(k) in problem), None), problem)
+        try:
+            attacks.make(name, **options)
+        except (TypeError, ValueError) as err:
+            raise reader.fail("attacks", i, None, f"attack {name!r}: {err}") from err
+        out.append((name, options, only))
+    return out
+
+
+def _one_defense(reader: _Reader, i: int, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    name = spec.get("name")
+    params = {k: v for k, v in spec.items() if k != "name"}
+    if name not in defenses.REGISTRY:
+        raise reader.fail(
+            "defenses", i, "name", f"unknown defense {name!r}; available: none, {', '.join(defenses.names())}"
+        )
+    problem = check_options(defenses.REGISTRY[name][0].__init__, params)
+    if problem:
+        raise reader.fail("defenses", i, next((k for k in params if repr(k) in problem), None), problem)
+    try:
+        defenses.make(name, **params)
+    except (TypeError, ValueError) as err:
+        raise reader.fail("defenses", i, next(iter(params), None), f"defense {name!r}: {err}") from err
+    return name, params
+
+
+def _defenses(
+    reader: _Reader, settings: dict[str, Any]
+) -> list[tuple[str, list[tuple[str, dict[str, Any]]], set[int], int]]:
+    out: list[tuple[str, list[tuple[str, dict[str, Any]]], set[int], int]] = []
+    for i, given in enumerate(reader.entries("defenses")):
+        entry = dict(given)
+        only = _only(reader, "defenses", i, entry, settings)
+        label = entry.get("label")
+        if "chain" in entry:
+            if set(entry) - {"chain", "label"} or not isinstance(entry["chain"], list):
+                raise reader.fail(
+                    "defenses", i, "chain", "a chain is a list of {name = ..., ...} and takes only a label"
+                )
+            chain = [_one_defense(reader, i, dict(spec)) for spec in entry["chain"]]
+            out.append((label or "+".join(_label(n, p) for n, p in chain), chain, only, i))
+            continue
+        if entry.get("name") == "none":
+            out.append((label or "none", [], only, i))
+            continue
+        sweep = entry.get("sweep", {})
+        fixed = {k: v for k, v in entry.items() if k not in ("sweep", "label")}
+        if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
+            raise reader.fail(
+                "defenses", i, "sweep", "sweep must be a table of non-empty lists, e.g. { ratio = [0.5, 0.9] }"
+            )
+        for values in itertools.product(*sweep.values()):
+            name, params = _one_defense(reader, i, {**fixed, **dict(zip(sweep, values, strict=True))})
+            swept = dict(zip(sweep, values, strict=True))
+            shown = f"{label} ({', '.join(f'{k}={v}' for k, v in swept.items())})" if label and swept else label
+            out.append((shown or _label(name, params), [(name, params)], only, i))
+    return out
+
+
+def conflict(
+    attack: type[Attack], options: dict[str, Any], threat: ThreatModel, batch_size: int, chain: list[Any]
+) -> str | None:
+    """Why this attack cannot run on this threat model, batch size and defense chain, or ``None``."""
+    if "labels" in attack.requires and not threat.knows_labels:
+        return f"attack {attack.name!r} needs the labels, which this threat model withholds"
+    if "batch_size" in attack.requires and not threat.knows_batch_size and "batch_size" not in options:
+        return (
+            f"attack {attack.name!r} needs the batch size (or a batch_size option), which this threat model withholds"
+        )
+    if attack.max_batch is not None and batch_size > attack.max_batch:
+        return f"attack {attack.name!r} is defined for batches up to {attack.max_batch}, not {batch_size}"
+    if attack.prepare_model is not Attack.prepare_model and threat.server != "malicious":
+        return f'attack {attack.name!r} alters the model: it needs server = "malicious"'
+    for name, params in chain:
+        defense = defenses.make(name, **params)
+        if isinstance(defense, MixUp) and batch_size < defense.k:
+            return f"defense {name!r} mixes k={defense.k} images: batch size {batch_size} is too small"
+    return None
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and check a grid file and expand it into cells.
+
+    Raises:
+        GridError: with ``file:line: [section] reason`` for the first problem found.
+        FileNotFoundError: the file does not exist.
+    """
+    reader = _Reader(Path(path))
+    for section in reader.doc:
+        if section not in SECTIONS:
+            raise reader.fail(section, 0, None, f"unknown section; expected some of {', '.join(SECTIONS)}")
+    settings = reader.table("grid", GRID_KEYS)
+    if settings["data"] not in data.REGISTRY:
+        raise reader.fail(
+            "grid", 0, "data", f"unknown dataset {settings['data']!r}; available: {', '.join(data.names())}"
+        )
+    if settings["normalization"] not in NORMALIZATIONS:
+        raise reader.fail("grid", 0, "normalization", f"unknown normalization; available: {', '.join(NORMALIZATIONS)}")
+    images = settings["images"]
+    for b in settings["batch_sizes"]:
+        if not isinstance(b, int) or b < 1 or images % b:
+            raise reader.fail(
+                "grid", 0, "batch_sizes", f"batch size {b!r} must be a positive integer dividing images = {images}"
+            )
+    if not settings["seeds"] or not all(isinstance(s, int) for s in settings["seeds"]):
+        raise reader.fail("grid", 0, "seeds", "seeds must be a non-empty list of integers")
+    utility = None
+    if "utility" in reader.doc:
+        utility = reader.table("utility", UTILITY_KEYS)
+        if utility["dataset"] not in data.REGISTRY:
+            raise reader.fail("utility", 0, "dataset", f"unknown dataset {utility['dataset']!r}")
+        if utility["epochs"] < 1 or utility["n"] < 2 or utility["batch_size"] < 1:
+            raise reader.fail("utility", 0, None, "epochs and batch_size must be >= 1, n >= 2")
+    model_list, threats, attack_list, defense_list = (
+        _models(reader, settings),
+        _threats(reader, settings),
+        _attacks(reader, settings),
+        _defenses(reader, settings),
+    )
+    grid = Grid(name=settings["name"], path=reader.path, settings={**settings, "utility": utility})
+    for (a, (name, options, attack_only)), (threat_label, threat), b in itertools.product(
+        enumerate(attack_list), threats, settings["batch_sizes"]
+    ):
+        for defense_label, chain, defense_only, d in defense_list:
+            if b not in attack_only or b not in defense_only:
+                continue
+            problem = conflict(attacks.REGISTRY[name], options, threat, b, chain)
+            if problem:
+                table, index = ("defenses", d) if problem.startswith("defense") else ("attacks", a)
+                raise GridError(
+                    f"{reader.path}:{_line(reader.lines, table, index, None)}: impossible combination "
+                    f"(threat {threat_label!r}, batch size {b}, defense {defense_label!r}): {problem}"
+                )
+            for model, seed in itertools.product(model_list, settings["seeds"]):
+                threat_fields = {k: v for k, v in threat.to_dict().items() if k != "normalization"}
+                grid.cells.append(
+                    Cell(
+                        {
+                            **model,
+                            **{
+                                k: settings[k]
+                                for k in ("data", "root", "size", "channels", "num_classes", "normalization")
+                            },
+                            "images": images,
+                            "client_images": settings["client_images"] or images,
+                            "batch_size": b,
+                            "threat": threat_fields,
+                            "threat_label": threat_label,
+                            "attack": name,
+                            "attack_options": options,
+                            "defenses": [[n, p] for n, p in chain],
+                            "defense_label": defense_label,
+                            "seed": seed,
+                            "utility": utility,
+                        }
+                    )
+                )
+    return grid

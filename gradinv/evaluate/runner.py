@@ -1,0 +1,142 @@
+"""Run a grid into an output folder: cells in process or as Ray tasks, every finished cell recorded at once in
+``results.sqlite``, a resumed run skipping what is recorded, and ``report.html`` written at the end."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gradinv.evaluate.cells import execute, utility_config
+from gradinv.evaluate.grid import Grid, config_key
+from gradinv.evaluate.store import Store
+from gradinv.observation import atomic_write
+from gradinv.report import figures
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+"""Called as ``progress(done, total, description)`` after each job."""
+Job = tuple[str, str, dict[str, Any]]  # (kind: "utility" | "cell", key, config)
+
+
+def jobs(grid: Grid, store: Store) -> list[Job]:
+    """What is left to run: utility trainings first (cells share them), then the unfinished cells."""
+    done = store.finished()
+    pending: list[Job] = []
+    seen: set[str] = set()
+    for cell in grid.cells:
+        setup = utility_config(cell.config)
+        if setup is not None:
+            key = config_key(setup)
+            if key not in seen and store.utility(key) is None:
+                pending.append(("utility", key, setup))
+            seen.add(key)
+    pending += [("cell", cell.key, cell.config) for cell in grid.cells if cell.key not in done]
+    return pending
+
+
+def _local(pending: list[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
+    for job in pending:
+        yield job, execute(job[0], job[2])
+
+
+def _ray(pending: list[Job], address: str | None, num_cpus: int | None) -> Iterator[tuple[Job, dict[str, Any]]]:
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError("the Ray backend needs Ray: pip install 'gradinv[ray]'") from err
+    started = not ray.is_initialized()
+    if started:
+        options: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False}
+        if address is None:
+            options["num_cpus"] = num_cpus
+        ray.init(**options)
+    try:
+        remote = ray.remote(execute)
+        # utility jobs go first and cells do not wait on them: accuracy joins the cells when the report is written
+        waiting = {remote.remote(kind, config): (kind, key, config) for kind, key, config in pending}
+        while waiting:
+            ready, _ = ray.wait(list(waiting), num_returns=1)
+            for ref in ready:
+                yield waiting.pop(ref), ray.get(ref)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _save(store: Store, folder: Path, job: Job, result: dict[str, Any]) -> str:
+    kind, key, config = job
+    if kind == "utility":
+        if "error" in result:
+            log.warning("utility training failed: %s", result["error"])
+            return f"utility failed: {result['error']}"
+        store.record_utility(key, config, result["accuracy"], {k: v for k, v in result.items() if k != "accuracy"})
+        return f"utility {result['accuracy']:.3f}"
+    if "error" in result:
+        store.record(key, config, error=f"{result['error']} ({result['where']})", seconds=result["seconds"])
+        return f"{config['attack']} x {config['defense_label']}: failed ({result['error']})"
+    picture = folder / "cells" / f"{key}.png"
+    picture.parent.mkdir(exist_ok=True)
+    captions = [f"{r['psnr']:.1f} dB" if r.get("psnr") is not None else "none" for r in result["rows"]]
+    row = [(config["attack"], result["reconstructions"], captions)]
+    atomic_write(picture, lambda tmp: figures.reconstruction_grid(result["originals"], row, tmp))
+    store.record(key, config, summary=result["summary"], images=result["rows"], seconds=result["seconds"])
+    psnr = result["summary"]["psnr"]["mean"]
+    return f"{config['attack']} x {config['defense_label']}: {'n/a' if psnr is None else f'{psnr:.1f}'} dB"
+
+
+def evaluate(
+    grid: Grid,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    backend: str = "local",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Run every cell of ``grid`` not yet recorded in ``out/results.sqlite``, then write ``out/report.html``.
+
+    Args:
+        grid: from :func:`gradinv.evaluate.load_grid`.
+        out: the output folder. An existing database is continued only with ``resume``.
+        resume: continue a run (finished and failed cells are kept, not rerun).
+        backend: ``"local"`` (in process, one cell after another) or ``"ray"`` (one Ray task per cell).
+        address: a Ray cluster to join (``None``: start a local Ray).
+        num_cpus: CPUs of the local Ray (``None``: all).
+        progress: optional ``progress(done, total, description)``.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    folder = Path(out)
+    database = folder / "results.sqlite"
+    if database.exists() and not resume:
+        raise FileExistsError(
+            f"{database} exists: pass resume=True (--resume) to continue it, or choose another folder"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "grid.toml").exists():
+        atomic_write(folder / "grid.toml", lambda tmp: shutil.copyfile(grid.path, tmp))
+    store = Store(database)
+    try:
+        pending = jobs(grid, store)
+        total = len(pending)
+        log.info(
+            "%d of %d cells left, %d utility trainings", sum(j[0] == "cell" for j in pending), len(grid.cells), total
+        )
+        stream = _local(pending) if backend == "local" else _ray(pending, address, num_cpus)
+        for done, (job, result) in enumerate(stream, start=1):
+            description = _save(store, folder, job, result)
+            if progress is not None:
+                progress(done, total, description)
+        from gradinv.report.grid import write_report
+
+        return write_report(store, folder, grid.name)
+    finally:
+        store.close()

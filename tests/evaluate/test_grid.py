@@ -1,0 +1,103 @@
+"""The grid file: expanded into cells, and rejected before anything runs, with the line and the reason."""
+
+from pathlib import Path
+
+import pytest
+
+import gradinv as gi
+from gradinv.evaluate import GridError, load_grid
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+BASE = """[grid]
+images = 4
+batch_sizes = [1, 4]
+
+[[models]]
+name = "mlp"
+hidden = [32]
+
+[[attacks]]
+name = "bias_trick"
+"""
+
+
+def _grid(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    return path
+
+
+def test_tiny_example_expands_into_its_cells() -> None:
+    grid = load_grid(EXAMPLES / "tiny.toml")
+    # 2 attacks x 2 threats x 2 seeds x (3 defense settings at batch 1 and 4, InstaHide at batch 4 only)
+    assert len(grid.cells) == 2 * 2 * 2 * (3 * 2 + 1)
+    assert len({cell.key for cell in grid.cells}) == len(grid.cells)
+    labels = {cell.config["defense_label"] for cell in grid.cells}
+    assert labels == {"none", "prune(ratio=0.5)", "prune(ratio=0.99)", "instahide(k=4)"}
+    instahide = [c for c in grid.cells if c.config["defense_label"] == "instahide(k=4)"]
+    assert {c.config["batch_size"] for c in instahide} == {4}
+    assert grid.settings["utility"]["epochs"] == 2
+
+
+def test_sweeps_chains_and_threats(tmp_path: Path) -> None:
+    text = (
+        BASE
+        + """
+[[threats]]
+label = "known"
+knows_labels = true
+
+[[defenses]]
+label = "pruned"
+name = "prune"
+sweep = { ratio = [0.5, 0.9, 0.99] }
+
+[[defenses]]
+chain = [{ name = "prune", ratio = 0.9 }, { name = "mixup", k = 4 }]
+batch_sizes = [4]
+"""
+    )
+    grid = load_grid(_grid(tmp_path, text))
+    labels = sorted({c.config["defense_label"] for c in grid.cells})
+    assert labels == ["prune(ratio=0.9)+mixup(k=4)", "pruned (ratio=0.5)", "pruned (ratio=0.9)", "pruned (ratio=0.99)"]
+    assert len(grid.cells) == 3 * 2 + 1
+    assert all(c.config["threat"]["knows_labels"] for c in grid.cells)
+    chain = next(c for c in grid.cells if "mixup" in c.config["defense_label"]).config["defenses"]
+    assert chain == [["prune", {"ratio": 0.9}], ["mixup", {"k": 4}]]
+
+
+@pytest.mark.parametrize(
+    ("extra", "line", "reason"),
+    [
+        ('\n[[defenses]]\nname = "prune"\nratio = "high"\n', 14, "'ratio' must be a float, got a string"),
+        ('\n[[defenses]]\nname = "prune"\nratio = 1.5\n', 14, "ratio"),
+        ('\n[[defenses]]\nname = "shield"\n', 13, "unknown defense 'shield'"),
+        ('\n[[defenses]]\nname = "none"\n[[attacks]]\nname = "idlg"\n', 14, "batches up to 1, not 4"),
+        ('\n[[defenses]]\nname = "mixup"\n', 12, "batch size 1 is too small"),
+        ('\n[[defenses]]\nname = "none"\n[[attacks]]\nname = "imprint"\nbatch_sizes = [1]\n', 14, "malicious"),
+        ('\n[[defenses]]\nname = "none"\n[[threats]]\nknows_labels = "yes"\n', 15, "must be a boolean"),
+        ('\n[[defenses]]\nname = "none"\n[[threats]]\nbn_mode = "frozen"\n', 14, "bn_mode"),
+        ('\n[[defenses]]\nname = "none"\n[[attacks]]\nname = "dlg"\nsteps = 2.5\n', 16, "'steps' must be an integer"),
+        ('\n[[defenses]]\nname = "none"\n[[attacks]]\nname = "dlg"\nstep = 2\n', 16, "unknown option 'step'"),
+        ('\n[[defenses]]\nname = "none"\n[extras]\n', 14, "unknown section"),
+        ('\n[[defenses]]\nname = "prune"\nsweep = { ratio = 0.5 }\n', 14, "sweep must be"),
+    ],
+)
+def test_bad_grids_are_rejected_with_line_and_reason(tmp_path: Path, extra: str, line: int, reason: str) -> None:
+    path = _grid(tmp_path, BASE + extra)
+    with pytest.raises(GridError, match=rf"grid.toml:{line}:.*{reason}"):
+        load_grid(path)
+
+
+def test_grid_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(GridError, match="grid.toml:3:.*batch size 3 must be a positive integer dividing images = 4"):
+        load_grid(_grid(tmp_path, BASE.replace("[1, 4]", "[1, 3]") + '[[defenses]]\nname = "none"\n'))
+    with pytest.raises(GridError, match="not valid TOML"):
+        load_grid(_grid(tmp_path, "[grid\nimages = 4\n"))
+    with pytest.raises(GridError, match=r"\[grid\] unknown key 'imgs'"):
+        load_grid(_grid(tmp_path, BASE.replace("images = 4", "images = 4\nimgs = 2") + '[[defenses]]\nname = "none"\n'))
+    with pytest.raises(GridError, match="at least one \\[\\[defenses\\]\\]"):
+        load_grid(_grid(tmp_path, BASE))
+    with pytest.raises(GridError, match="unknown model 'vgg'"):
+        load_grid(_grid(tmp_path, BASE.replace('"mlp"', '"vgg"') + '[[defenses]]\nname = "none"\n'))
+    assert issubclass(GridError, ValueError) and gi.evaluate.GridError is GridError

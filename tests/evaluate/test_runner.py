@@ -1,0 +1,185 @@
+"""Running a grid: cells recorded in SQLite as they finish, failed cells kept with their error, a killed run resumed
+without recomputing anything, the same results through Ray, and the report and exports read back."""
+
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import gradinv as gi
+from gradinv.cli import app
+from gradinv.evaluate.store import Store
+
+GRID = """[grid]
+name = "test"
+data = "digits"
+size = 8
+channels = 1
+images = 2
+seeds = [0]
+
+[utility]
+dataset = "digits"
+epochs = 1
+n = 1797
+
+[[models]]
+name = "mlp"
+hidden = [64]
+
+[[threats]]
+label = "gradient"
+
+[[threats]]
+label = "fedavg 3 steps"
+update = "fedavg"
+local_steps = 3
+local_lr = 0.1
+
+[[attacks]]
+name = "bias_trick"
+
+[[attacks]]
+name = "inverting_gradients"
+steps = 20
+restarts = 1
+
+[[defenses]]
+name = "none"
+
+[[defenses]]
+name = "prune"
+ratio = 0.99
+"""
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("grid") / "test.toml"
+    path.write_text(GRID)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(grid_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "out"
+    gi.evaluate.evaluate(gi.evaluate.load_grid(grid_file), out)
+    return out
+
+
+def _psnr(store: Store, attack: str, threat: str, defense: str) -> list[float]:
+    cell = next(
+        c
+        for c in store.cells()
+        if (c["config"]["attack"], c["config"]["threat_label"], c["config"]["defense_label"])
+        == (attack, threat, defense)
+    )
+    return [r["psnr"] for r in store.images(cell["key"])]
+
+
+def test_grid_records_every_cell_and_image(finished: Path) -> None:
+    store = Store(finished / "results.sqlite")
+    cells = store.cells()
+    assert len(cells) == 2 * 2 * 2  # attacks x threats x defenses
+    failed = [c for c in cells if c["status"] == "failed"]
+    # the bias trick is exact only for one step: after 3 local steps it refuses, and the grid goes on
+    assert {(c["config"]["attack"], c["config"]["threat_label"]) for c in failed} == {("bias_trick", "fedavg 3 steps")}
+    assert all("local steps" in c["error"] for c in failed)
+    assert all(len(store.images(c["key"])) == 2 for c in cells if c["status"] == "done")
+    assert min(_psnr(store, "bias_trick", "gradient", "none")) > 60
+    assert max(_psnr(store, "bias_trick", "gradient", "prune(ratio=0.99)")) < 30
+    done = next(c for c in cells if c["status"] == "done" and c["config"]["attack"] == "inverting_gradients")
+    summary = done["summary"]
+    assert summary["attack_iterations"] == 20 and summary["attack_seconds_per_batch"] > 0
+    assert summary["cost"]["inversions"] == 2 and summary["cost"]["seconds"] > 0
+    accuracies = {
+        json.loads(c)["defenses"] and "prune" or "none": a
+        for c, a in store.db.execute("SELECT config, accuracy FROM utility")
+    }
+    assert set(accuracies) == {"none", "prune"} and accuracies["none"] > 0.6
+    store.close()
+
+
+def test_report_and_exports(finished: Path) -> None:
+    page = (finished / "report.html").read_text()
+    assert "What this means" in page and 'alt="trade-off"' in page and "local steps" in page
+    assert (finished / "tradeoff.png").stat().st_size > 1000 and len(list((finished / "cells").glob("*.png"))) == 6
+    runner = CliRunner()
+    table = runner.invoke(app, ["results", str(finished), "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert table.exit_code == 0 and len(rows) == 8
+    assert {r["defense_label"] for r in rows} == {"none", "prune(ratio=0.99)"}
+    as_json = json.loads(runner.invoke(app, ["results", str(finished), "--format", "json"]).stdout)
+    failed_row = next(r for r in as_json if r["attack"] == "bias_trick" and r["threat_label"] == "fedavg 3 steps")
+    assert failed_row["failed"] == 1 and failed_row["psnr"] is None
+    shown = runner.invoke(app, ["results", str(finished)], env={"COLUMNS": "160"})
+    assert shown.exit_code == 0 and "bias_trick" in shown.stdout
+
+
+def test_existing_results_need_resume(finished: Path, grid_file: Path) -> None:
+    with pytest.raises(FileExistsError, match="resume"):
+        gi.evaluate.evaluate(gi.evaluate.load_grid(grid_file), finished)
+    result = CliRunner().invoke(app, ["evaluate", str(grid_file), "--out", str(finished)])
+    assert result.exit_code == 2 and "resume" in result.stdout
+
+
+def test_killed_run_resumes_without_recomputing(grid_file: Path, tmp_path: Path) -> None:
+    # Prepare: a run in another process, killed (SIGKILL) once two cells are recorded
+    out = tmp_path / "out"
+    code = f"import gradinv as gi; gi.evaluate.evaluate(gi.evaluate.load_grid({str(grid_file)!r}), {str(out)!r})"
+    process = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    database = out / "results.sqlite"
+    deadline = time.time() + 120
+    recorded = 0
+    while time.time() < deadline and process.poll() is None:
+        if database.exists():
+            try:
+                recorded = sqlite3.connect(database).execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+            except sqlite3.OperationalError:
+                recorded = 0
+            if recorded >= 2:
+                break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    store = Store(database)
+    before = {c["key"]: c for c in store.cells()}
+    store.close()
+    assert 2 <= len(before) < 8
+    # Execute: resume, counting the jobs that run
+    ran: list[str] = []
+    gi.evaluate.evaluate(
+        gi.evaluate.load_grid(grid_file), out, resume=True, progress=lambda d, t, desc: ran.append(desc)
+    )
+    # Assert: only the missing cells ran, the recorded ones are untouched, the grid is complete
+    store = Store(database)
+    after = {c["key"]: c for c in store.cells()}
+    cell_jobs = [d for d in ran if not d.startswith("utility")]
+    assert len(after) == 8 and len(cell_jobs) == 8 - len(before)
+    assert all(after[k] == v for k, v in before.items())
+    store.close()
+
+
+def test_ray_backend_matches_in_process(finished: Path, grid_file: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    gi.evaluate.evaluate(gi.evaluate.load_grid(grid_file), out, backend="ray", num_cpus=2)
+    local, remote = Store(finished / "results.sqlite"), Store(out / "results.sqlite")
+    assert len(remote.cells()) == 8 and sum(c["status"] == "failed" for c in remote.cells()) == 2
+    for attack, threat, defense in (
+        ("bias_trick", "gradient", "none"),
+        ("inverting_gradients", "gradient", "prune(ratio=0.99)"),
+    ):
+        assert _psnr(remote, attack, threat, defense) == pytest.approx(_psnr(local, attack, threat, defense), abs=1e-6)
+    assert (out / "report.html").exists()
+    local.close()
+    remote.close()
