@@ -26,6 +26,8 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 
+from gradinv.defenses.mixup import mixtures
+
 
 def check_decoding(encodings: torch.Tensor, partners: torch.Tensor, coefficients: torch.Tensor, n_images: int) -> None:
     if encodings.dim() != 4:
@@ -45,9 +47,10 @@ def check_decoding(encodings: torch.Tensor, partners: torch.Tensor, coefficients
         raise ValueError(f"partners must index the {n_images} private images, got indices {low}..{high}")
 
 
-def mixtures(images: torch.Tensor, partners: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-    """``sum_i lambda_ji x_{s_ji}`` for every encoding ``j`` (any units)."""
-    return (coefficients[:, :, None, None, None].to(images) * images[partners]).sum(1)
+def dense_weights(partners: torch.Tensor, coefficients: torch.Tensor, n_images: int) -> torch.Tensor:
+    """The ``(M, n)`` mixing matrix: row ``j`` holds ``lambda_ji`` at the images of encoding ``j``, zero elsewhere."""
+    dense = torch.zeros(partners.shape[0], n_images, dtype=torch.float64)
+    return dense.scatter_add_(1, partners.long(), coefficients.double())
 
 
 def residual(target: torch.Tensor, mixed: torch.Tensor, *, signed: bool) -> torch.Tensor:
@@ -97,9 +100,7 @@ def decode(
             columns = synchronise_signs(lift_magnitudes(flat, partners, weights, n_images), tuple(target.shape[1:]))
             values = columns.T
         else:
-            dense = torch.zeros(target.shape[0], n_images, dtype=torch.float64)
-            dense.scatter_add_(1, partners.long(), weights)
-            values = torch.linalg.lstsq(dense, flat).solution
+            values = torch.linalg.lstsq(dense_weights(partners, weights, n_images), flat).solution
         return ((values.reshape(n_images, *target.shape[1:]) + 1) / 2).clamp(0, 1).float()
     images = torch.zeros(n_images, *encodings.shape[1:], dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([images], lr=lr)
@@ -118,9 +119,7 @@ def decode(
 def lifted_system(partners: torch.Tensor, coefficients: torch.Tensor, n_images: int) -> torch.Tensor:
     """``(M, n(n+1)/2)`` rows of ``lambda_j lambda_j^T`` over the upper triangle (off-diagonal entries doubled), so
     that ``|e_jp|^2 = row_j . vec(x_p x_p^T)`` for every pixel ``p``."""
-    m, k = partners.shape
-    dense = torch.zeros(m, n_images, dtype=torch.float64)
-    dense.scatter_add_(1, partners.long(), coefficients.double())
+    dense = dense_weights(partners, coefficients, n_images)
     rows, cols = torch.triu_indices(n_images, n_images)
     return dense[:, rows] * dense[:, cols] * torch.where(rows == cols, 1.0, 2.0).double()
 

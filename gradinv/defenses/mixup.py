@@ -41,12 +41,17 @@ def mixing(
     return partners, coefficients.float()
 
 
+def mixtures(values: torch.Tensor, partners: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """``sum_j lambda_ij v_{partner_ij}`` for every row ``i``, for images ``(N, C, H, W)`` or targets ``(N, K)``."""
+    weights = coefficients.to(values).reshape(*coefficients.shape, *[1] * (values.dim() - 1))
+    return (weights * values[partners]).sum(1)
+
+
 def mix(
     images: torch.Tensor, targets: torch.Tensor, partners: torch.Tensor, coefficients: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``sum_j lambda_ij x_{partner_ij}`` and the same mixture of the soft labels."""
-    weights = coefficients[:, :, None, None, None]
-    return (weights * images[partners]).sum(1), (coefficients[:, :, None] * targets[partners]).sum(1)
+    return mixtures(images, partners, coefficients), mixtures(targets, partners, coefficients)
 
 
 def check_mixing(k: int, upper_bound: float, lower_bound: float) -> None:

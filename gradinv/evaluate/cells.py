@@ -18,11 +18,15 @@ from gradinv.observation import ThreatModel
 from gradinv.pipeline import NORMALIZATIONS
 
 
-def _stats(values: list[float | None]) -> dict[str, float | None]:
-    present = [v for v in values if v is not None]
-    if not present:
-        return {"mean": None, "std": None}
-    return {"mean": statistics.fmean(present), "std": statistics.pstdev(present) if len(present) > 1 else 0.0}
+def present_mean(values: list[Any]) -> float | None:
+    """The mean of the values that are not ``None`` (``None`` if there are none)."""
+    present = [float(v) for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _stats(values: list[Any]) -> dict[str, float | None]:
+    present = [float(v) for v in values if v is not None]
+    return {"mean": present_mean(present), "std": statistics.pstdev(present) if present else None}
 
 
 def _model(config: dict[str, Any]) -> torch.nn.Module:
@@ -61,7 +65,8 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
         rec = attack.reconstruct(observe(model, x, y, threat=threat, seed=client_seed, defenses=chain))
         scores = metrics.score(rec, x, y)
         encoded, _ = encode_batch(x, y, config["num_classes"], chain, seed=client_seed)
-        versus_encodings = metrics.score(rec, encoded, y) if encoded is not x else None
+        # PSNR of each returned image against the encoding it is closest to (MixUp/InstaHide), by returned image
+        by_match = {} if encoded is x else {e["match"]: e["psnr"] for e in metrics.score(rec, encoded)["per_image"]}
         seconds.append(rec.seconds)
         steps.append(len(rec.trace))
         for entry in scores["per_image"]:
@@ -77,9 +82,7 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
                     "lpips": entry.get("lpips"),
                     "label_ok": label_ok,
                     "exact": int(entry["max_abs_error"] < metrics.EXACT_TOLERANCE),
-                    "encoding_psnr": None
-                    if versus_encodings is None
-                    else max(e["psnr"] for e in versus_encodings["per_image"] if e["match"] == entry["match"]),
+                    "encoding_psnr": by_match.get(entry["match"]),
                 }
             )
         matched = {e["index"] for e in scores["per_image"]}
@@ -90,7 +93,7 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
     per_batch = statistics.fmean(seconds)
     summary = {
         **{m: _stats([r.get(m) for r in rows]) for m in ("psnr", "ssim", "lpips", "encoding_psnr")},
-        "label_acc": _stats([r.get("label_ok") for r in rows])["mean"],
+        "label_acc": present_mean([r.get("label_ok") for r in rows]),
         "exact_fraction": statistics.fmean(r["exact"] for r in rows),
         "matched_fraction": sum(r.get("psnr") is not None for r in rows) / len(rows),
         "attack_seconds_per_batch": per_batch,

@@ -109,6 +109,29 @@ def _type_name(value: Any) -> str:
     return names.get(type(value), "a value")
 
 
+def type_mismatch(key: str, value: Any, default: Any) -> str | None:
+    """Why ``value`` cannot stand where ``default`` stands (a float takes an integer, nothing takes a boolean but a
+    boolean), or ``None``; a default of ``None`` accepts anything."""
+    if default is None:
+        return None
+    expected: tuple[type, ...] = (
+        (bool,)
+        if isinstance(default, bool)
+        else (int,)
+        if isinstance(default, int)
+        else (int, float)
+        if isinstance(default, float)
+        else (str,)
+        if isinstance(default, str)
+        else (list, tuple)
+        if isinstance(default, list | tuple)
+        else (object,)
+    )
+    if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+        return f"{key!r} must be {_type_name(default)}, got {_type_name(value)} {value!r}"
+    return None
+
+
 def check_options(target: Callable[..., Any], options: dict[str, Any]) -> str | None:
     """Why ``options`` do not fit ``target``'s keyword parameters (unknown name, or a type unlike the default's),
     or ``None``."""
@@ -121,23 +144,9 @@ def check_options(target: Callable[..., Any], options: dict[str, Any]) -> str | 
             known = [p for p in params if p not in ("self", "args", "kwargs")]
             return f"unknown option {name!r}; expected one of {', '.join(known)}"
         default = params[name].default
-        if default is inspect.Parameter.empty or default is None:
-            continue
-        expected: tuple[type, ...] = (
-            (bool,)
-            if isinstance(default, bool)
-            else (int,)
-            if isinstance(default, int)
-            else (int, float)
-            if isinstance(default, float)
-            else (str,)
-            if isinstance(default, str)
-            else (list, tuple)
-            if isinstance(default, list | tuple)
-            else (object,)
-        )
-        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
-            return f"option {name!r} must be {_type_name(default)}, got {_type_name(value)} {value!r}"
+        problem = None if default is inspect.Parameter.empty else type_mismatch(name, value, default)
+        if problem:
+            return f"option {problem}"
     return None
 
 
@@ -163,13 +172,9 @@ class _Reader:
         for key, value in given.items():
             if key not in defaults:
                 raise self.fail(name, 0, key, f"unknown key {key!r}; expected one of {', '.join(defaults)}")
-            default = defaults[key]
-            if default is not None and not isinstance(
-                value, type(default) if not isinstance(default, float) else (int, float)
-            ):
-                raise self.fail(
-                    name, 0, key, f"{key!r} must be {_type_name(default)}, got {_type_name(value)} {value!r}"
-                )
+            problem = type_mismatch(key, value, defaults[key])
+            if problem:
+                raise self.fail(name, 0, key, problem)
         return {**defaults, **given}
 
     def entries(self, name: str) -> list[dict[str, Any]]:
@@ -233,36 +238,40 @@ def _attacks(reader: _Reader, settings: dict[str, Any]) -> list[tuple[str, dict[
     for i, given in enumerate(reader.entries("attacks")):
         entry = dict(given)
         only = _only(reader, "attacks", i, entry, settings)
-        name = entry.get("name")
-        options = {k: v for k, v in entry.items() if k != "name"}
-        if name not in attacks.REGISTRY:
-            raise reader.fail("attacks", i, "name", f"unknown attack {name!r}; available: {', '.join(attacks.names())}")
-        problem = check_options(attacks.REGISTRY[name].__init__, options)
-        if problem:
-            raise reader.fail("attacks", i, next((k for k in options if repr(k) in problem), None), problem)
-        try:
-            attacks.make(name, **options)
-        except (TypeError, ValueError) as err:
-            raise reader.fail("attacks", i, None, f"attack {name!r}: {err}") from err
+        name, options = _component(reader, "attacks", i, entry, dict(attacks.REGISTRY), attacks.make)
         out.append((name, options, only))
     return out
 
 
-def _one_defense(reader: _Reader, i: int, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _component(
+    reader: _Reader,
+    table: str,
+    i: int,
+    spec: dict[str, Any],
+    classes: dict[str, type],
+    make: Callable[..., Any],
+    also: str = "",
+) -> tuple[str, dict[str, Any]]:
+    """Check one attack or defense entry (a name in ``classes``, option names and types, accepted by ``make``) and
+    return its name and options; ``also`` names accepted beyond the registry, for the error message."""
+    kind = table.removesuffix("s")
     name = spec.get("name")
-    params = {k: v for k, v in spec.items() if k != "name"}
-    if name not in defenses.REGISTRY:
-        raise reader.fail(
-            "defenses", i, "name", f"unknown defense {name!r}; available: none, {', '.join(defenses.names())}"
-        )
-    problem = check_options(defenses.REGISTRY[name][0].__init__, params)
+    options = {k: v for k, v in spec.items() if k != "name"}
+    if name not in classes:
+        raise reader.fail(table, i, "name", f"unknown {kind} {name!r}; available: {also}{', '.join(classes)}")
+    problem = check_options(classes[name], options)
     if problem:
-        raise reader.fail("defenses", i, next((k for k in params if repr(k) in problem), None), problem)
+        raise reader.fail(table, i, next((k for k in options if repr(k) in problem), None), problem)
     try:
-        defenses.make(name, **params)
+        make(name, **options)
     except (TypeError, ValueError) as err:
-        raise reader.fail("defenses", i, next(iter(params), None), f"defense {name!r}: {err}") from err
-    return name, params
+        raise reader.fail(table, i, next(iter(options), None), f"{kind} {name!r}: {err}") from err
+    return name, options
+
+
+def _defense(reader: _Reader, i: int, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    classes = {name: entry[0] for name, entry in defenses.REGISTRY.items()}
+    return _component(reader, "defenses", i, spec, classes, defenses.make, also="none, ")
 
 
 def _defenses(
@@ -278,7 +287,7 @@ def _defenses(
                 raise reader.fail(
                     "defenses", i, "chain", "a chain is a list of {name = ..., ...} and takes only a label"
                 )
-            chain = [_one_defense(reader, i, dict(spec)) for spec in entry["chain"]]
+            chain = [_defense(reader, i, dict(spec)) for spec in entry["chain"]]
             out.append((label or "+".join(_label(n, p) for n, p in chain), chain, only, i))
             continue
         if entry.get("name") == "none":
@@ -291,8 +300,8 @@ def _defenses(
                 "defenses", i, "sweep", "sweep must be a table of non-empty lists, e.g. { ratio = [0.5, 0.9] }"
             )
         for values in itertools.product(*sweep.values()):
-            name, params = _one_defense(reader, i, {**fixed, **dict(zip(sweep, values, strict=True))})
             swept = dict(zip(sweep, values, strict=True))
+            name, params = _defense(reader, i, {**fixed, **swept})
             shown = f"{label} ({', '.join(f'{k}={v}' for k, v in swept.items())})" if label and swept else label
             out.append((shown or _label(name, params), [(name, params)], only, i))
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ class Store:
         config: dict[str, Any],
         *,
         summary: dict[str, Any] | None = None,
-        images: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        images: Sequence[dict[str, Any]] = (),
         error: str | None = None,
         seconds: float = 0.0,
     ) -> None:

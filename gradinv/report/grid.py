@@ -11,7 +11,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from gradinv.evaluate.cells import utility_config
+from gradinv.evaluate.cells import present_mean, utility_config
 from gradinv.evaluate.grid import config_key
 from gradinv.evaluate.results import COLUMNS
 from gradinv.evaluate.store import Store
@@ -24,10 +24,12 @@ small images no longer show the content (our threshold for the ranking, stated i
 GROUP = ("model", "threat_label", "batch_size", "attack", "defense_label")
 
 
-def table(store: Store) -> list[dict[str, Any]]:
-    """One row per grid point (cells of all seeds pooled): scores over all images, utility, cost."""
+def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per grid point (cells of all seeds pooled): scores over all images, utility, cost.
+
+    ``cells``: ``store.cells()`` when the caller has already read them."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-    for cell in store.cells():
+    for cell in store.cells() if cells is None else cells:
         groups[tuple(cell["config"][k] for k in GROUP)].append(cell)
     rows = []
     for key, cells in groups.items():
@@ -43,23 +45,18 @@ def table(store: Store) -> list[dict[str, Any]]:
             images=len(images),
             psnr=statistics.fmean(psnr) if psnr else None,
             psnr_std=statistics.pstdev(psnr) if len(psnr) > 1 else None,
-            matched=_mean([r["psnr"] is not None for r in images]),
-            ssim=_mean([r["ssim"] for r in images]),
-            label_acc=_mean([r["label_ok"] for r in images]),
-            exact=_mean([r["exact"] for r in images]),
-            encoding_psnr=_mean([r["encoding_psnr"] for r in images]),
+            matched=present_mean([r["psnr"] is not None for r in images]),
+            ssim=present_mean([r["ssim"] for r in images]),
+            label_acc=present_mean([r["label_ok"] for r in images]),
+            exact=present_mean([r["exact"] for r in images]),
+            encoding_psnr=present_mean([r["encoding_psnr"] for r in images]),
             accuracy=None if utility is None else utility["accuracy"],
-            seconds=_mean([c["summary"]["attack_seconds_per_batch"] for c in done]),
-            cost_seconds=_mean([c["summary"]["cost"]["seconds"] for c in done]),
+            seconds=present_mean([c["summary"]["attack_seconds_per_batch"] for c in done]),
+            cost_seconds=present_mean([c["summary"]["cost"]["seconds"] for c in done]),
             inversions=done[0]["summary"]["cost"]["inversions"] if done else None,
         )
         rows.append(row)
     return rows
-
-
-def _mean(values: list[Any]) -> float | None:
-    present = [float(v) for v in values if v is not None]
-    return statistics.fmean(present) if present else None
 
 
 def ranking(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -114,7 +111,8 @@ def _html_table(head: list[str], body: list[list[Any]]) -> str:
 
 def write_report(store: Store, folder: Path, name: str) -> Path:
     """Write ``folder/report.html`` (and ``tradeoff.png``) from the database; returns the report's path."""
-    rows = table(store)
+    recorded = store.cells()
+    rows = table(store, recorded)
     plot = folder / "tradeoff.png"
     has_plot = any(r["accuracy"] is not None and r["psnr"] is not None for r in rows)
     if has_plot:
@@ -134,19 +132,19 @@ def write_report(store: Store, folder: Path, name: str) -> Path:
         + "</li>"
         for e in ranked
     )
-    failed = [c for c in store.cells() if c["status"] == "failed"]
+    failed = [c for c in recorded if c["status"] == "failed"]
     pictures = "".join(
         f"<h3>{html.escape(c['config']['attack'])} x {html.escape(c['config']['defense_label'])} "
         f"({html.escape(c['config']['threat_label'])}, batch {c['config']['batch_size']}, seed {c['config']['seed']})"
         f"</h3>{_img(folder / 'cells' / (c['key'] + '.png'), c['key'])}"
-        for c in store.cells()[:200]
+        for c in recorded[:200]
         if c["status"] == "done" and (folder / "cells" / (c["key"] + ".png")).exists()
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gradinv grid: {html.escape(name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:3px 6px}}img{{max-width:100%}}</style></head><body>
 <h1>Gradient inversion grid: {html.escape(name)}</h1>
-<p>{len(store.cells())} cells recorded, {len(failed)} failed. PSNR in dB against the private images (mean and std over
+<p>{len(recorded)} cells recorded, {len(failed)} failed. PSNR in dB against the private images (mean and std over
 all images and seeds); <i>encoding_psnr</i>: against the encodings a MixUp/InstaHide client trained on;
 <i>cost_seconds</i>: estimated time to recover the client's whole dataset (inversions times seconds per
 inversion, Huang et al. 2021 Sec. 6); <i>matched</i>: share of images the attack returned an image for.</p>
