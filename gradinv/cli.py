@@ -1,4 +1,4 @@
-"""The ``gradinv`` command line: ``attack``, ``demo``, ``flower-demo``, ``evaluate``, ``results``, ``list``."""
+"""The ``gradinv`` command line: attack, audit, demo, flower-demo, evaluate, results, list."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -71,6 +71,13 @@ def _progress() -> Iterator[Any]:
         yield factory
 
 
+def _threat(normalize: str, **fields: Any) -> ThreatModel:
+    """The threat model of the command-line options; ``normalize`` names the client's input normalisation."""
+    if normalize not in NORMALIZATIONS:
+        raise typer.BadParameter(f"--normalize must be one of {list(NORMALIZATIONS)}, got {normalize!r}")
+    return ThreatModel(normalization=NORMALIZATIONS[normalize], **fields)
+
+
 def _print_summary(record: dict[str, Any], out: Path) -> None:
     table = Table(title=f"gradinv: {record['model']} on {record['data']}, batch {record['batch_size']}")
     for column in ("attack", "PSNR dB", "SSIM", "label acc", "residual rel L2", "seconds"):
@@ -123,20 +130,18 @@ def attack(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Simulate a client sharing its update, run attacks on it, and write a report."""
-    if normalize not in NORMALIZATIONS:
-        raise typer.BadParameter(f"--normalize must be one of {list(NORMALIZATIONS)}, got {normalize!r}")
     try:
-        threat = ThreatModel(
-            server=cast(Any, server),
-            update=cast(Any, update),
+        threat = _threat(
+            normalize,
+            server=server,
+            update=update,
             local_steps=local_steps,
             local_lr=local_lr,
             local_batch_size=local_batch_size,
             knows_labels=labels,
             knows_batch_size=knows_batch_size,
-            bn_mode=cast(Any, bn_mode),
+            bn_mode=bn_mode,
             knows_bn_stats=bn_stats,
-            normalization=NORMALIZATIONS[normalize],
         )
         config = RunConfig(
             attacks=attack_names,
@@ -221,6 +226,76 @@ def flower_demo(
         table.add_row(str(r["round"]), r["target"], *(f"{c:.1f}" if isinstance(c, float) else str(c) for c in cells))
     console.print(table)
     console.print(f"report: {out / 'report.html'}")
+
+
+@app.command("audit")
+def audit_command(
+    model: str = typer.Option(..., "--model", "-m", help="Your model: path/to/file.py:ClassName."),
+    data_dir: str = typer.Option(..., "--data", help="Your images: a folder (DIR/<class>/<image> or flat)."),
+    batch_size: int = typer.Option(..., "--batch-size", "-b", help="The batch a client trains on."),
+    out: Path = typer.Option(Path("runs/audit"), "--out", "-o", help="Output folder."),
+    model_option: list[str] = typer.Option([], "--model-opt", help="Constructor argument key=value (repeatable)."),
+    weights: str = typer.Option(None, help="The broadcast weights: a state dict (.safetensors, or .pt/.pth)."),
+    dataset: str = typer.Option("folder", help="How --data is laid out: folder, mnist (IDX files) or cifar10."),
+    size: int = typer.Option(32, help="Image height and width the model takes."),
+    channels: int = typer.Option(3, help="1 or 3 channels."),
+    defense: list[str] = typer.Option(
+        [], "--defense", "-d", help="Client defense NAME or NAME:key=value,key=value (repeatable, applied in order)."
+    ),
+    server: str = typer.Option("honest", help="honest or malicious (may send a modified model)."),
+    update: str = typer.Option("gradient", help="What the client shares: gradient or fedavg."),
+    local_steps: int = typer.Option(5, help="FedAvg local SGD steps."),
+    local_lr: float = typer.Option(1e-4, help="FedAvg local learning rate."),
+    labels: bool = typer.Option(False, "--labels/--no-labels", help="Grant the attacker the labels."),
+    bn_stats: bool = typer.Option(False, "--bn-stats/--no-bn-stats", help="Grant the attacker the batch's BN stats."),
+    bn_mode: str = typer.Option("train", help="Client BatchNorm mode: train or eval."),
+    normalize: str = typer.Option("none", help=f"Client input normalisation: {', '.join(NORMALIZATIONS)}."),
+    steps: int = typer.Option(2000, help="Steps of the optimisation attack (Inverting Gradients)."),
+    option: list[str] = typer.Option([], "--opt", help="Attack option attack.key=value (repeatable)."),
+    run_all: bool = typer.Option(False, "--all", help="Run every planned attack even after a certified recovery."),
+    seed: int = typer.Option(0, help="Seeds which batch is drawn and the client."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Audit your own model: can a server rebuild a client's batch from what it shares? (exact attacks first)"""
+    from gradinv.audit import AuditConfig, audit
+
+    try:
+        threat = _threat(
+            normalize,
+            server=server,
+            update=update,
+            local_steps=local_steps,
+            local_lr=local_lr,
+            knows_labels=labels,
+            knows_bn_stats=bn_stats,
+            bn_mode=bn_mode,
+        )
+        config = AuditConfig(
+            model=model,
+            model_options=parse_options(model_option),
+            weights=weights,
+            data=data_dir,
+            dataset=dataset,
+            batch_size=batch_size,
+            size=size,
+            channels=channels,
+            defenses=[parse_defense(d) for d in defense],
+            threat=threat,
+            attack_options=parse_options(option),
+            steps=steps,
+            run_all=run_all,
+            seed=seed,
+        )
+        with _progress() as factory:
+            record = audit(config, out, overwrite=overwrite, progress=factory)
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(code=2) from err
+    _print_summary(record, out)
+    verdict = record["audit"]["verdict"]
+    console.print(f"[bold]verdict:[/bold] {escape(verdict['summary'])}", soft_wrap=True)
+    for step in record["audit"]["skipped"]:
+        console.print(f"  not run: {step['attack']}: {escape(step['reason'])}", soft_wrap=True)
 
 
 @app.command("evaluate")

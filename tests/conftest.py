@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -23,3 +25,33 @@ def photo() -> tuple[torch.Tensor, torch.Tensor]:
     import gradinv as gi
 
     return gi.data.load("skimage", indices=[1], size=32)  # chelsea, the cat
+
+
+class LenetCat:
+    """The DLG LeNet (seed 0) observing the cat's gradient (labels withheld), and DLG's and iDLG's 100-step
+    reconstructions of it, each computed once per session (the attack tests and the defense tests share them)."""
+
+    def __init__(self, photo: tuple[torch.Tensor, torch.Tensor]) -> None:
+        import gradinv as gi
+
+        self.images, self.labels = photo
+        self.model = gi.models.make("lenet", seed=0)
+        self.observation = gi.observe(self.model, self.images, self.labels, threat=gi.ThreatModel(knows_labels=False))
+
+    @functools.cached_property
+    def dlg(self) -> Any:
+        import gradinv as gi
+
+        return gi.attacks.make("dlg", steps=100, seed=0).reconstruct(self.observation)
+
+    @functools.cached_property
+    def idlg(self) -> Any:
+        import gradinv as gi
+
+        return gi.attacks.make("idlg", steps=100, seed=0).reconstruct(self.observation)
+
+
+@pytest.fixture(scope="session")
+def lenet_cat(photo: tuple[torch.Tensor, torch.Tensor]) -> LenetCat:
+    """See :class:`LenetCat`."""
+    return LenetCat(photo)

@@ -1,4 +1,6 @@
 import pytest
+import torch
+from torch import nn
 
 import gradinv as gi
 
@@ -42,3 +44,22 @@ def test_applicability_of_spear_and_rgap() -> None:
     assert verdict["narrow"]["rgap"].applies and not verdict["narrow"]["rgap"].exact
     assert "rank-deficient" in verdict["narrow"]["rgap"].reason and "< 768" in verdict["narrow"]["rgap"].reason
     assert not verdict["cnn6x2"]["rgap"].applies and "one sample" in verdict["cnn6x2"]["rgap"].reason
+
+
+class _Functional(nn.Module):
+    """A user's model applying its activation functionally, as much user code does."""
+
+    def __init__(self, activation: str) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.activation = nn.Linear(3 * 8 * 8, 32), nn.Linear(32, 4), activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.fc1(x.flatten(1))
+        return self.fc2(hidden.relu() if self.activation == "relu" else torch.sigmoid(hidden))
+
+
+def test_spear_applicability_sees_functional_activations() -> None:
+    spear = {a.attack: a for a in gi.analysis.applicable_attacks(_Functional("relu"), (3, 8, 8), 2)}["spear"]
+    assert spear.applies and spear.exact
+    spear = {a.attack: a for a in gi.analysis.applicable_attacks(_Functional("sigmoid"), (3, 8, 8), 2)}["spear"]
+    assert not spear.applies and "followed by sigmoid" in spear.reason

@@ -16,7 +16,7 @@ def test_list_names_every_attack_model_and_dataset() -> None:
 
 
 def test_help_everywhere() -> None:
-    for args in (["--help"], ["attack", "--help"], ["demo", "--help"], ["list", "--help"]):
+    for args in (["--help"], ["attack", "--help"], ["audit", "--help"], ["demo", "--help"], ["list", "--help"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage" in result.output
 

@@ -30,14 +30,48 @@ from gradinv.observation import Observation
 
 
 def relu_after(model: nn.Module, layer_name: str) -> None:
-    """Raise ``ValueError`` unless the module run right after ``layer_name`` is a ReLU."""
-    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
-    names = [n for n, _ in leaves]
-    position = names.index(layer_name)
-    following = leaves[position + 1][1] if position + 1 < len(leaves) else None
-    if not isinstance(following, nn.ReLU):
+    """Raise ``ValueError`` unless the output of ``layer_name`` goes straight into a ReLU.
+
+    The model's forward is traced (``torch.fx``) so that a functional ``torch.relu`` / ``F.relu`` / ``.relu()``
+    counts as well as an ``nn.ReLU`` module; a model that cannot be traced is judged by the order its modules are
+    registered in (the module after ``layer_name`` must be an ``nn.ReLU``).
+    """
+    consumer = _traced_consumer(model, layer_name)
+    if consumer is not None:
+        ok, kind = consumer
+    else:
+        leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+        position = [n for n, _ in leaves].index(layer_name)
+        following = leaves[position + 1][1] if position + 1 < len(leaves) else None
+        ok = isinstance(following, nn.ReLU)
         kind = "nothing" if following is None else type(following).__name__
+    if not ok:
         raise ValueError(f"SPEAR needs a ReLU after the first linear layer {layer_name!r}; it is followed by {kind}")
+
+
+def _traced_consumer(model: nn.Module, layer_name: str) -> tuple[bool, str] | None:
+    """Whether the traced graph feeds ``layer_name``'s output to a ReLU alone, and what it feeds it to; ``None``
+    when the model cannot be traced."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - data-dependent control flow and the like: fall back to the module order
+        return None
+    node = next((n for n in graph.nodes if n.op == "call_module" and n.target == layer_name), None)
+    if node is None:
+        return None
+    users = list(node.users)
+    if len(users) != 1:
+        return False, f"{len(users)} operations" if users else "nothing"
+    user = users[0]
+    modules = dict(model.named_modules())
+    if user.op == "call_module":
+        module = modules[str(user.target)]
+        return isinstance(module, nn.ReLU), type(module).__name__
+    if user.op == "call_function":
+        return user.target in (torch.relu, torch.nn.functional.relu), getattr(user.target, "__name__", str(user.target))
+    if user.op == "call_method":
+        return user.target == "relu", f".{user.target}()"
+    return False, user.op
 
 
 def low_rank_factors(weight_grad: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

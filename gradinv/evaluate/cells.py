@@ -6,13 +6,16 @@ from __future__ import annotations
 import statistics
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from gradinv import attacks, data, defenses, metrics, models
+from gradinv.defenses.base import Defense
 from gradinv.evaluate.cost import full_recovery
-from gradinv.evaluate.utility import utility
+from gradinv.evaluate.grid import config_key
+from gradinv.evaluate.utility import Utility, utility
 from gradinv.fl.client import encode_batch, observe
 from gradinv.observation import ThreatModel
 from gradinv.pipeline import NORMALIZATIONS
@@ -29,14 +32,54 @@ def _stats(values: list[Any]) -> dict[str, float | None]:
     return {"mean": present_mean(present), "std": statistics.pstdev(present) if present else None}
 
 
+_PRETRAINED: dict[str, dict[str, torch.Tensor]] = {}  # per process: pretraining spec key -> trained weights
+
+
 def _model(config: dict[str, Any]) -> torch.nn.Module:
+    """The cell's broadcast model: seeded initialisation, then ``pretrain_epochs`` of clean training if set."""
     shape = (config["channels"], config["size"], config["size"])
-    return models.make(
-        config["model"],
-        num_classes=config["num_classes"],
-        image_shape=shape,
-        seed=config["seed"],
-        **config["model_options"],
+
+    def fresh() -> torch.nn.Module:
+        return models.make(
+            config["model"],
+            num_classes=config["num_classes"],
+            image_shape=shape,
+            seed=config["seed"],
+            **config["model_options"],
+        )
+
+    epochs = config.get("pretrain_epochs", 0)
+    if not epochs:
+        return fresh()
+    keep = ("model", "model_options", "size", "channels", "num_classes", "normalization", "seed", "utility")
+    spec = {"epochs": epochs, **{k: config[k] for k in keep}}
+    key = config_key(spec)
+    if key not in _PRETRAINED:
+        trained = _train(config, fresh, [], epochs, config["seed"]).model
+        assert trained is not None
+        _PRETRAINED[key] = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+    model = fresh()
+    model.load_state_dict(_PRETRAINED[key])
+    return model
+
+
+def _train(
+    config: dict[str, Any], factory: Callable[[], torch.nn.Module], chain: list[Defense], epochs: int, seed: int
+) -> Utility:
+    """Train ``factory()``'s model with ``chain`` on the grid's [utility] data (``gi.evaluate.utility``)."""
+    setup = config["utility"]
+    return utility(
+        factory,
+        setup["dataset"],
+        chain,
+        epochs,
+        n=setup["n"],
+        size=config["size"],
+        channels=config["channels"],
+        batch_size=setup["batch_size"],
+        lr=setup["lr"],
+        normalization=NORMALIZATIONS[config["normalization"]],
+        seed=seed,
     )
 
 
@@ -115,19 +158,8 @@ def utility_config(config: dict[str, Any]) -> dict[str, Any] | None:
 def run_utility(config: dict[str, Any]) -> dict[str, Any]:
     """Train with the defenses (``gi.evaluate.utility``) and return the test accuracy and how it was measured."""
     setup = config["utility"]
-    result = utility(
-        lambda: _model({**config, "seed": setup["seed"]}),
-        setup["dataset"],
-        [defenses.make(name, **params) for name, params in config["defenses"]],
-        setup["epochs"],
-        n=setup["n"],
-        size=config["size"],
-        channels=config["channels"],
-        batch_size=setup["batch_size"],
-        lr=setup["lr"],
-        normalization=NORMALIZATIONS[config["normalization"]],
-        seed=setup["seed"],
-    )
+    chain = [defenses.make(name, **params) for name, params in config["defenses"]]
+    result = _train(config, lambda: _model({**config, "seed": setup["seed"]}), chain, setup["epochs"], setup["seed"])
     return {"accuracy": result.accuracy, "seconds": result.seconds, "steps": result.steps, "n_test": result.n_test}
 
 

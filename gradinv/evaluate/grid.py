@@ -11,11 +11,14 @@ Sections (see ``examples/tiny.toml``)::
     [utility]     dataset, epochs, n, batch_size, lr, seed (optional: without it no accuracy is measured)
     [[models]]    name, then the model's options
     [[threats]]   label, then ThreatModel fields (knows_labels, knows_bn_stats, bn_mode, update, local_steps, ...)
-    [[attacks]]   name, then the attack's options
+    [[attacks]]   name, then the attack's options; optional label (default: the name, with the options when
+                  several entries share the name)
     [[defenses]]  name ("none" for none) and its parameters, ``sweep = { parameter = [values] }``, or
                   ``chain = [{ name = "prune", ratio = 0.9 }, { name = "mixup", k = 4 }]``; optional label
 
-Any [[attacks]] or [[defenses]] entry may take ``batch_sizes = [...]`` (drawn from [grid]) to run only there.
+Any [[attacks]] or [[defenses]] entry may take ``batch_sizes = [...]`` (drawn from [grid]) and ``threats = [...]``
+(labels of [[threats]]) to run only there. ``pretrain_epochs`` in [grid] attacks the model after that many epochs of
+clean training on the [utility] dataset (Huang et al. attack a model in training, not at its initialisation).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ GRID_KEYS = {
     "batch_sizes": [1],
     "seeds": [0],
     "client_images": None,
+    "pretrain_epochs": 0,
 }
 UTILITY_KEYS = {"dataset": None, "epochs": 1, "n": 1000, "batch_size": 32, "lr": 0.05, "seed": 0}
 SECTIONS = ("grid", "utility", "models", "threats", "attacks", "defenses")
@@ -61,6 +65,11 @@ class GridError(ValueError):
 def config_key(config: dict[str, Any]) -> str:
     """A stable identifier of a configuration: a hash of its canonical JSON."""
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def attack_label(config: dict[str, Any]) -> str:
+    """A cell's attack as the grid names it (entries of one attack with different options differ)."""
+    return str(config.get("attack_label", config["attack"]))  # results of grids from before labels: the name
 
 
 @dataclass(frozen=True)
@@ -223,24 +232,37 @@ def _threats(reader: _Reader, settings: dict[str, Any]) -> list[tuple[str, Threa
     return out
 
 
-def _only(reader: _Reader, table: str, i: int, entry: dict[str, Any], settings: dict[str, Any]) -> set[int]:
-    """The batch sizes an entry is restricted to (``batch_sizes = [...]`` in the entry; default: all of [grid])."""
+def _only(
+    reader: _Reader, table: str, i: int, entry: dict[str, Any], settings: dict[str, Any], threats: list[str]
+) -> tuple[set[int], set[str]]:
+    """The batch sizes and threat labels an entry is restricted to (``batch_sizes = [...]``, ``threats = [...]`` in
+    the entry; default: all)."""
     chosen = entry.pop("batch_sizes", settings["batch_sizes"])
     if not isinstance(chosen, list) or not set(chosen) <= set(settings["batch_sizes"]):
         raise reader.fail(
             table, i, "batch_sizes", f"batch_sizes must be a list drawn from [grid] {settings['batch_sizes']}"
         )
-    return set(chosen)
+    labels = entry.pop("threats", threats)
+    if not isinstance(labels, list) or not labels or not set(labels) <= set(threats):
+        raise reader.fail(table, i, "threats", f"threats must be a non-empty list drawn from the labels {threats}")
+    return set(chosen), set(labels)
 
 
-def _attacks(reader: _Reader, settings: dict[str, Any]) -> list[tuple[str, dict[str, Any], set[int]]]:
+def _attacks(
+    reader: _Reader, settings: dict[str, Any], threats: list[str]
+) -> list[tuple[str, dict[str, Any], tuple[set[int], set[str]], str]]:
     out = []
     for i, given in enumerate(reader.entries("attacks")):
         entry = dict(given)
-        only = _only(reader, "attacks", i, entry, settings)
+        only = _only(reader, "attacks", i, entry, settings, threats)
+        label = entry.pop("label", None)
         name, options = _component(reader, "attacks", i, entry, dict(attacks.REGISTRY), attacks.make)
-        out.append((name, options, only))
-    return out
+        out.append((name, options, only, label))
+    names = [name for name, *_ in out]
+    return [
+        (name, options, only, label or (_label(name, options) if names.count(name) > 1 else name))
+        for name, options, only, label in out
+    ]
 
 
 def _component(
@@ -275,12 +297,12 @@ def _defense(reader: _Reader, i: int, spec: dict[str, Any]) -> tuple[str, dict[s
 
 
 def _defenses(
-    reader: _Reader, settings: dict[str, Any]
-) -> list[tuple[str, list[tuple[str, dict[str, Any]]], set[int], int]]:
-    out: list[tuple[str, list[tuple[str, dict[str, Any]]], set[int], int]] = []
+    reader: _Reader, settings: dict[str, Any], threats: list[str]
+) -> list[tuple[str, list[tuple[str, dict[str, Any]]], tuple[set[int], set[str]], int]]:
+    out: list[tuple[str, list[tuple[str, dict[str, Any]]], tuple[set[int], set[str]], int]] = []
     for i, given in enumerate(reader.entries("defenses")):
         entry = dict(given)
-        only = _only(reader, "defenses", i, entry, settings)
+        only = _only(reader, "defenses", i, entry, settings, threats)
         label = entry.get("label")
         if "chain" in entry:
             if set(entry) - {"chain", "label"} or not isinstance(entry["chain"], list):
@@ -361,18 +383,19 @@ def load_grid(path: str | Path) -> Grid:
             raise reader.fail("utility", 0, "dataset", f"unknown dataset {utility['dataset']!r}")
         if utility["epochs"] < 1 or utility["n"] < 2 or utility["batch_size"] < 1:
             raise reader.fail("utility", 0, None, "epochs and batch_size must be >= 1, n >= 2")
-    model_list, threats, attack_list, defense_list = (
-        _models(reader, settings),
-        _threats(reader, settings),
-        _attacks(reader, settings),
-        _defenses(reader, settings),
-    )
+    if settings["pretrain_epochs"] < 0 or (settings["pretrain_epochs"] and utility is None):
+        raise reader.fail("grid", 0, "pretrain_epochs", "pretrain_epochs must be >= 0 and needs a [utility] dataset")
+    model_list, threats = _models(reader, settings), _threats(reader, settings)
+    labels = [label for label, _ in threats]
+    if len(set(labels)) < len(labels):
+        raise reader.fail("threats", 0, None, f"threat labels must differ, got {labels}")
+    attack_list, defense_list = _attacks(reader, settings, labels), _defenses(reader, settings, labels)
     grid = Grid(name=settings["name"], path=reader.path, settings={**settings, "utility": utility})
-    for (a, (name, options, attack_only)), (threat_label, threat), b in itertools.product(
+    for (a, (name, options, attack_only, attack_label)), (threat_label, threat), b in itertools.product(
         enumerate(attack_list), threats, settings["batch_sizes"]
     ):
         for defense_label, chain, defense_only, d in defense_list:
-            if b not in attack_only or b not in defense_only:
+            if any(b not in only[0] or threat_label not in only[1] for only in (attack_only, defense_only)):
                 continue
             problem = conflict(attacks.REGISTRY[name], options, threat, b, chain)
             if problem:
@@ -397,11 +420,14 @@ def load_grid(path: str | Path) -> Grid:
                             "threat": threat_fields,
                             "threat_label": threat_label,
                             "attack": name,
+                            "attack_label": attack_label,
                             "attack_options": options,
                             "defenses": [[n, p] for n, p in chain],
                             "defense_label": defense_label,
                             "seed": seed,
                             "utility": utility,
+                            # only when set, so that the keys of grids without it stay as they were
+                            **({"pretrain_epochs": settings["pretrain_epochs"]} if settings["pretrain_epochs"] else {}),
                         }
                     )
                 )

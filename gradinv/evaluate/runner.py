@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gradinv.evaluate.cells import execute, utility_config
-from gradinv.evaluate.grid import Grid, config_key
+from gradinv.evaluate.grid import Grid, attack_label, config_key
 from gradinv.evaluate.store import Store
 from gradinv.observation import atomic_write
 from gradinv.report import figures
@@ -77,15 +77,15 @@ def _save(store: Store, folder: Path, job: Job, result: dict[str, Any]) -> str:
         return f"utility {result['accuracy']:.3f}"
     if "error" in result:
         store.record(key, config, error=f"{result['error']} ({result['where']})", seconds=result["seconds"])
-        return f"{config['attack']} x {config['defense_label']}: failed ({result['error']})"
+        return f"{attack_label(config)} x {config['defense_label']}: failed ({result['error']})"
     picture = folder / "cells" / f"{key}.png"
     picture.parent.mkdir(exist_ok=True)
     captions = [f"{r['psnr']:.1f} dB" if r.get("psnr") is not None else "none" for r in result["rows"]]
-    row = [(config["attack"], result["reconstructions"], captions)]
+    row = [(attack_label(config), result["reconstructions"], captions)]
     atomic_write(picture, lambda tmp: figures.reconstruction_grid(result["originals"], row, tmp))
     store.record(key, config, summary=result["summary"], images=result["rows"], seconds=result["seconds"])
     psnr = result["summary"]["psnr"]["mean"]
-    return f"{config['attack']} x {config['defense_label']}: {'n/a' if psnr is None else f'{psnr:.1f}'} dB"
+    return f"{attack_label(config)} x {config['defense_label']}: {'n/a' if psnr is None else f'{psnr:.1f}'} dB"
 
 
 def evaluate(

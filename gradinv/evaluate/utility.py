@@ -30,6 +30,8 @@ class Utility:
     n_test: int
     seconds: float
     defenses: list[dict[str, Any]] = field(default_factory=list)
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+    """The trained model (in eval mode)."""
 
 
 def _split(
@@ -152,4 +154,5 @@ def utility(
         n_test=int(test_x.shape[0]),
         seconds=time.perf_counter() - start,
         defenses=[d.config() for d in defenses],
+        model=model,
     )

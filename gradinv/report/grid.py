@@ -12,7 +12,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from gradinv.evaluate.cells import present_mean, utility_config
-from gradinv.evaluate.grid import config_key
+from gradinv.evaluate.grid import attack_label, config_key
 from gradinv.evaluate.results import COLUMNS
 from gradinv.evaluate.store import Store
 from gradinv.observation import atomic_write, atomic_write_text
@@ -24,13 +24,18 @@ small images no longer show the content (our threshold for the ranking, stated i
 GROUP = ("model", "threat_label", "batch_size", "attack", "defense_label")
 
 
+def _point(config: dict[str, Any]) -> tuple[Any, ...]:
+    """The grid point of a cell: the values of :data:`GROUP`, the attack by its label."""
+    return tuple(attack_label(config) if k == "attack" else config[k] for k in GROUP)
+
+
 def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per grid point (cells of all seeds pooled): scores over all images, utility, cost.
 
     ``cells``: ``store.cells()`` when the caller has already read them."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for cell in store.cells() if cells is None else cells:
-        groups[tuple(cell["config"][k] for k in GROUP)].append(cell)
+        groups[_point(cell["config"])].append(cell)
     rows = []
     for key, cells in groups.items():
         done = [c for c in cells if c["status"] == "done"]
@@ -134,7 +139,7 @@ def write_report(store: Store, folder: Path, name: str) -> Path:
     )
     failed = [c for c in recorded if c["status"] == "failed"]
     pictures = "".join(
-        f"<h3>{html.escape(c['config']['attack'])} x {html.escape(c['config']['defense_label'])} "
+        f"<h3>{html.escape(attack_label(c['config']))} x {html.escape(c['config']['defense_label'])} "
         f"({html.escape(c['config']['threat_label'])}, batch {c['config']['batch_size']}, seed {c['config']['seed']})"
         f"</h3>{_img(folder / 'cells' / (c['key'] + '.png'), c['key'])}"
         for c in recorded[:200]
@@ -163,7 +168,7 @@ clients.</p>
             ["attack", "defense", "threat", "seed", "error"],
             [
                 [
-                    c["config"]["attack"],
+                    attack_label(c["config"]),
                     c["config"]["defense_label"],
                     c["config"]["threat_label"],
                     c["config"]["seed"],

@@ -24,6 +24,29 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _audit(audit: dict[str, Any] | None) -> str:
+    """The verdict and the attack plan of ``gradinv audit`` (empty for other runs)."""
+    if not audit:
+        return ""
+    verdict = audit["verdict"]
+    rows = "".join(
+        f"<tr><td>{_fmt(s['attack'])}</td><td>{'yes' if s['exact'] else 'no'}</td><td>{ran}</td>"
+        f"<td style='text-align:left'>{_fmt(s['reason'])}</td></tr>"
+        for entries, ran in ((audit["plan"], "ran"), (audit["skipped"], "no"))
+        for s in entries
+    )
+    best = ", ".join("none" if b is None else f"{b:.1f}" for b in verdict["best_psnr_per_image"])
+    return f"""<h2>Audit verdict</h2>
+<p><b>{_fmt(verdict["summary"])}</b>. Best PSNR per image over all attacks (dB): {best}. A server that recovers an
+image above {verdict["threshold_db"]:g} dB shows it recognisably (our threshold). Strongest attack:
+{_fmt(verdict["strongest_attack"])}.</p>
+<h2>Attack plan</h2>
+<p>Exact attacks whose conditions hold on this model, batch size and threat model run first; a reconstruction that
+reproduces the observed update (certified without ground truth) ends the audit early.</p>
+<table><tr><th>attack</th><th>exact</th><th>ran</th><th>why</th></tr>{rows}</table>
+"""
+
+
 def render(record: dict[str, Any], grid: Path, curve: Path) -> str:
     """The page for a run record (the content of ``metrics.json``)."""
     head = [
@@ -32,6 +55,7 @@ def render(record: dict[str, Any], grid: Path, curve: Path) -> str:
         "SSIM",
         "MSE",
         "LPIPS",
+        "exact",
         "label acc.",
         "residual cos",
         "residual rel. L2",
@@ -66,6 +90,7 @@ td:first-child{{text-align:left}}img{{max-width:100%}}pre{{background:#f5f5f5;pa
 shared update <b>{_fmt(record["threat"]["update"])}</b>, server <b>{_fmt(record["threat"]["server"])}</b>,
 labels {"known" if record["threat"]["knows_labels"] else "withheld"} to the attacker, client defenses:
 <b>{_fmt(", ".join(d["name"] for d in record.get("defenses", [])) or "none")}</b>.</p>
+{_audit(record.get("audit"))}
 <h2>Originals and reconstructions</h2>
 {_img(grid, "originals above reconstructions")}
 <h2>Scores</h2>

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import gradinv as gi
-from gradinv.attacks.objectives import cosine_distance, total_variation
+from gradinv.attacks.base import attacker_model
+from gradinv.attacks.objectives import BatchNormInputs, batchnorm_matching, cosine_distance, total_variation
 
 CIFAR_NORM = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 
@@ -57,3 +58,47 @@ def test_cosine_distance_and_tv() -> None:
     step[..., 2:] = 1.0
     assert float(total_variation(flat)) == 0.0
     assert float(total_variation(step)) == pytest.approx(1 / 3)
+
+
+def test_batchnorm_prior_vanishes_at_the_client_batch_and_pulls_a_dummy_towards_it() -> None:
+    # Prepare: the client's batch statistics, granted to the attacker (Huang et al.'s BN_exact)
+    images, labels = gi.data.load("digits", n=4, size=16, channels=1, seed=0)
+    model = gi.models.make("resnet20", width=4, image_shape=(1, 16, 16), seed=0)
+    obs = gi.observe(model, images, labels, threat=gi.ThreatModel(knows_bn_stats=True, knows_labels=True))
+    net = attacker_model(obs)
+    with BatchNormInputs(net) as bn:
+        net(images)
+    assert len(bn.stats) == len(obs.bn_stats) and float(batchnorm_matching(bn.stats, obs.bn_stats).detach()) < 1e-5
+    # Execute: descend the prior alone from noise
+    x = torch.rand(images.shape, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=0.05)
+    losses = []
+    for _ in range(60):
+        with BatchNormInputs(net) as bn:
+            net(x)
+        loss = batchnorm_matching(bn.stats, obs.bn_stats)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    # Assert
+    assert losses[-1] < 0.35 * losses[0], losses[::10]
+
+
+def test_batchnorm_prior_targets_and_errors(photo) -> None:
+    images, labels = photo
+    model = gi.models.make("resnet20", width=4, seed=0)
+    exact = gi.observe(model, images, labels, threat=gi.ThreatModel(knows_bn_stats=True, knows_labels=True))
+    withheld = gi.observe(model, images, labels, threat=gi.ThreatModel(knows_labels=True))
+    ig = {
+        prior: gi.attacks.make("inverting_gradients", steps=2, bn_reg=0.01, bn_prior=prior)
+        for prior in ("running", "none")
+    }
+    assert ig["running"].reconstruct(exact).info["bn_target"] == "client batch"
+    assert ig["running"].reconstruct(withheld).info["bn_target"] == "running statistics"
+    assert "bn_target" not in ig["none"].reconstruct(withheld).info
+    lenet = gi.observe(gi.models.make("lenet", seed=0), images, labels, threat=gi.ThreatModel(knows_labels=True))
+    with pytest.raises(ValueError, match="no BatchNorm layers"):
+        ig["running"].reconstruct(lenet)
+    with pytest.raises(ValueError, match="bn_prior"):
+        gi.attacks.make("inverting_gradients", bn_prior="proxy")

@@ -18,13 +18,11 @@ def _bias_trick_error(defenses: list) -> float:
 
 
 @pytest.fixture(scope="module")
-def dlg_lenet(photo) -> tuple:
+def dlg_lenet(photo, lenet_cat) -> tuple:
     """DLG (100 L-BFGS steps) against the DLG LeNet on the cat photograph, and its undefended PSNR."""
     images, labels = photo
-    model = gi.models.make("lenet", seed=0)
-    attack = gi.attacks.make("dlg", steps=100, seed=0)
-    undefended = gi.metrics.score(attack.reconstruct(gi.observe(model, images, labels)), images, labels)["psnr"]
-    return model, attack, undefended
+    undefended = gi.metrics.score(lenet_cat.dlg, images, labels)["psnr"]
+    return lenet_cat.model, gi.attacks.make("dlg", steps=100, seed=0), undefended
 
 
 @pytest.mark.parametrize(

@@ -101,3 +101,38 @@ def test_grid_level_errors(tmp_path: Path) -> None:
     with pytest.raises(GridError, match="unknown model 'vgg'"):
         load_grid(_grid(tmp_path, BASE.replace('"mlp"', '"vgg"') + '[[defenses]]\nname = "none"\n'))
     assert issubclass(GridError, ValueError) and gi.evaluate.GridError is GridError
+
+
+def test_huang2021_example_restricts_entries_to_threats_and_batch_sizes() -> None:
+    grid = load_grid(EXAMPLES / "huang2021.toml")
+    # none: 3 threats x batch 1 and 4; eight defense settings under the strongest threat at batch 4; 3 seeds each
+    assert len(grid.cells) == 3 * (3 * 2 + 8)
+    assert all(c.config["pretrain_epochs"] == 1 and c.config["attack_label"] == "IG + BN prior" for c in grid.cells)
+    defended = [c for c in grid.cells if c.config["defense_label"] != "none"]
+    assert {(c.config["threat_label"], c.config["batch_size"]) for c in defended} == {("BN stats + labels", 4)}
+    weights = {c.config["threat_label"]: c.config["attack_options"]["bn_reg"] for c in grid.cells}
+    assert weights == {"BN stats + labels": 0.005, "labels only": 0.001, "neither": 0.001}
+
+
+def test_attack_entries_of_one_attack_are_told_apart(tmp_path: Path) -> None:
+    text = BASE.replace('name = "bias_trick"', 'name = "dlg"\nsteps = 2') + '\n[[attacks]]\nname = "dlg"\n'
+    grid = load_grid(_grid(tmp_path, text + '[[defenses]]\nname = "none"\n'))
+    assert {c.config["attack_label"] for c in grid.cells} == {"dlg(steps=2)", "dlg"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "line", "reason"),
+    [
+        ('[[threats]]\nlabel = "a"\n[[defenses]]\nname = "none"\nthreats = ["b"]\n', 16, "threats must be a non-empty"),
+        ('[[threats]]\nlabel = "a"\n[[threats]]\nlabel = "a"\n[[defenses]]\nname = "none"\n', 12, "must differ"),
+    ],
+)
+def test_threat_restrictions_are_checked(tmp_path: Path, extra: str, line: int, reason: str) -> None:
+    with pytest.raises(GridError, match=rf"grid.toml:{line}:.*{reason}"):
+        load_grid(_grid(tmp_path, BASE + "\n" + extra))
+
+
+def test_pretraining_needs_a_utility_dataset(tmp_path: Path) -> None:
+    text = BASE.replace("images = 4", "images = 4\npretrain_epochs = 1") + '[[defenses]]\nname = "none"\n'
+    with pytest.raises(GridError, match="grid.toml:3:.*needs a \\[utility\\] dataset"):
+        load_grid(_grid(tmp_path, text))

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import gradinv as gi
@@ -183,3 +184,19 @@ def test_ray_backend_matches_in_process(finished: Path, grid_file: Path, tmp_pat
     assert (out / "report.html").exists()
     local.close()
     remote.close()
+
+
+def test_pretrained_cells_attack_the_trained_model() -> None:
+    from gradinv.evaluate.cells import _model
+
+    setup = {"dataset": "digits", "epochs": 1, "n": 300, "batch_size": 32, "lr": 0.05, "seed": 0}
+    config = {"model": "mlp", "model_options": {"hidden": [16]}, "size": 8, "channels": 1, "num_classes": 10,
+              "normalization": "none", "seed": 3, "utility": setup, "pretrain_epochs": 1}  # fmt: skip
+    trained = gi.evaluate.utility(
+        lambda: gi.models.make("mlp", hidden=[16], image_shape=(1, 8, 8), seed=3), "digits", (), 1,
+        n=300, size=8, channels=1, batch_size=32, lr=0.05, seed=3,
+    ).model  # fmt: skip
+    attacked, initial = _model(config), _model({**config, "pretrain_epochs": 0})
+    for name, value in trained.state_dict().items():
+        assert torch.equal(attacked.state_dict()[name], value)
+    assert not torch.equal(attacked.state_dict()["net.1.weight"], initial.state_dict()["net.1.weight"])

@@ -1,0 +1,285 @@
+"""The auditor's shortcut: point gradinv at your own model and data, run every attack whose conditions hold (the
+exact ones first), and write a report saying whether a server could rebuild a client's batch.
+
+What an audit does (``gradinv audit --model my_model.py:Net --data DIR --batch-size 32``):
+
+1. Loads the model class from a Python file (your code, run as you would run it) and, optionally, its weights.
+2. Draws one client batch from your image folder and simulates the client sharing its update under the threat model
+   and defenses you give.
+3. Plans the attacks with :func:`gradinv.analysis.applicable_attacks`: the exact attacks whose conditions hold on
+   your architecture, batch size and threat model (bias trick, SPEAR, R-GAP for an honest server; trap weights and
+   imprint modules for a malicious one), then the optimisation attack (Inverting Gradients, with the BatchNorm prior
+   when the model has BatchNorm layers).
+4. Runs them in that order. An attack whose reconstruction reproduces the observed update (gradient residual below
+   :data:`CERTIFIED_RESIDUAL`, a check that needs no ground truth) for the whole batch settles the question, and the
+   slower attacks after it are skipped unless ``run_all``.
+5. Scores every reconstruction against the batch and writes ``report.html`` with the plan, the reasons, the
+   verdict and the pictures.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from gradinv import attacks, data, defenses, metrics, report
+from gradinv.analysis import applicable_attacks
+from gradinv.attacks.base import Attack, Callback
+from gradinv.fl.client import num_outputs, observe
+from gradinv.observation import Observation, Reconstruction, ThreatModel
+from gradinv.pipeline import split_options
+from gradinv.report.grid import PROTECTED_PSNR
+
+CERTIFIED_RESIDUAL = 1e-4
+"""A reconstruction whose update differs from the observed one by less than this (relative L2) is certified."""
+
+HONEST_EXACT = ("bias_trick", "spear", "rgap")
+MALICIOUS_EXACT = ("trap_weights", "imprint")
+
+
+def load_model(spec: str, options: dict[str, Any] | None = None, weights: str | Path | None = None) -> nn.Module:
+    """Build ``Class(**options)`` from ``"path/to/file.py:Class"`` and load ``weights`` into it if given.
+
+    The file is imported as a module (it runs, as your training script would run it). ``weights`` is a state dict
+    as ``.safetensors`` or as a PyTorch ``.pt``/``.pth`` file (read with ``weights_only=True``: tensors only).
+
+    Raises:
+        ValueError: the spec is not ``file.py:Name``, the file or the name does not exist, the name is not an
+            ``nn.Module`` class, or the weights do not fit the model.
+    """
+    path_text, sep, name = spec.rpartition(":")
+    if not sep or not path_text.endswith(".py") or not name.isidentifier():
+        raise ValueError(f"--model must be 'path/to/file.py:ClassName', got {spec!r}")
+    path = Path(path_text)
+    if not path.is_file():
+        raise ValueError(f"model file {path} does not exist")
+    module_name = f"gradinv_user_model_{abs(hash(str(path.resolve())))}"
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ValueError(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
+    loader_spec.loader.exec_module(module)
+    factory = getattr(module, name, None)
+    if factory is None:
+        found = [n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, nn.Module)]
+        raise ValueError(f"{path} defines no {name!r}; nn.Module classes there: {', '.join(found) or 'none'}")
+    if not (inspect.isclass(factory) and issubclass(factory, nn.Module)):
+        raise ValueError(f"{spec} is not an nn.Module class")
+    try:
+        model = factory(**(options or {}))
+    except TypeError as err:
+        raise ValueError(f"{spec}: {err}") from err
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def load_weights(model: nn.Module, weights: str | Path) -> None:
+    """Load a state dict (``.safetensors``, or ``.pt``/``.pth`` read with ``weights_only=True``) into ``model``."""
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"weights file {path} does not exist")
+    state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"weights {path} do not fit the model: {err}") from err
+
+
+@dataclass(frozen=True)
+class Step:
+    """One attack of the plan and why it is there."""
+
+    attack: str
+    exact: bool
+    reason: str
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has BatchNorm layers."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def plan(
+    model: nn.Module, image_shape: tuple[int, int, int], batch_size: int, threat: ThreatModel
+) -> tuple[list[Step], list[Step]]:
+    """The attacks to run, in order (exact ones first), and those left out, each with its reason.
+
+    Exact attacks come from :func:`gradinv.analysis.applicable_attacks` and must fit the threat model (the
+    malicious-server ones only for ``server="malicious"``, gradient-only ones only for a shared gradient);
+    Inverting Gradients closes the plan, as it applies to any differentiable model.
+    """
+    chosen, skipped = [], []
+    wanted = MALICIOUS_EXACT if threat.server == "malicious" else HONEST_EXACT
+    for a in applicable_attacks(model, image_shape, batch_size):
+        if a.attack not in HONEST_EXACT + MALICIOUS_EXACT:
+            continue
+        if a.attack not in wanted:
+            skipped.append(
+                Step(a.attack, a.exact, f"needs a {'malicious' if a.attack in MALICIOUS_EXACT else 'honest'} server")
+            )
+        elif not a.applies:
+            skipped.append(Step(a.attack, a.exact, a.reason))
+        elif threat.update != "gradient":
+            skipped.append(Step(a.attack, a.exact, "inverts a single gradient; the client shares a FedAvg update"))
+        else:
+            chosen.append(Step(a.attack, a.exact, a.reason))
+    chosen.sort(key=lambda s: not s.exact)  # exact first, approximate (rank-deficient R-GAP) after
+    bn = " with the BatchNorm prior" if has_batchnorm(model) else ""
+    chosen.append(Step("inverting_gradients", False, f"optimisation attack for any differentiable model{bn}"))
+    return chosen, skipped
+
+
+def certified(rec: Reconstruction, batch_size: int) -> bool:
+    """Whether ``rec`` is a whole batch whose own update reproduces the observed one (no ground truth needed)."""
+    rel = rec.residual.get("rel_l2")
+    return rec.images.shape[0] >= batch_size and rel is not None and rel < CERTIFIED_RESIDUAL
+
+
+@dataclass
+class AuditConfig:
+    """What ``gradinv audit`` runs; see the module docstring."""
+
+    model: str
+    data: str
+    batch_size: int
+    model_options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    dataset: str = "folder"
+    size: int = 32
+    channels: int = 3
+    defenses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    threat: ThreatModel = field(default_factory=ThreatModel)
+    attack_options: dict[str, Any] = field(default_factory=dict)
+    steps: int = 2000
+    run_all: bool = False
+    seed: int = 0
+
+
+def audit(
+    config: AuditConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[str], Callback | None] | None = None,
+) -> dict[str, Any]:
+    """Run the audit of ``config`` and write ``report.html``, ``metrics.json`` and the pictures into ``out``.
+
+    Returns:
+        The run record (also in ``metrics.json``), with an ``audit`` entry: the plan, what was skipped and why, the
+        verdict.
+    """
+    if not isinstance(config.batch_size, int) or config.batch_size < 1:
+        raise ValueError(f"batch size must be an integer >= 1, got {config.batch_size!r}")
+    if not isinstance(config.steps, int) or config.steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {config.steps!r}")
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)  # the initialisation, where no weights are given, is reproducible too
+        model = load_model(config.model, config.model_options, config.weights)
+    shape = (config.channels, config.size, config.size)
+    try:
+        num_classes = num_outputs(model, shape)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"the model does not take images of shape {shape} (set --size/--channels): {err}") from err
+    client_defenses = [defenses.make(name, **params) for name, params in config.defenses]
+    steps, skipped = plan(model, shape, config.batch_size, config.threat)
+    options: dict[str, Any] = {"inverting_gradients.steps": config.steps}
+    if has_batchnorm(model):
+        # Huang et al. 2021's settings (examples/bashes): with the batch's BN statistics, and without
+        options["inverting_gradients.bn_reg"] = 0.005 if config.threat.knows_bn_stats else 0.001
+        options["inverting_gradients.tv"] = 0.1 if config.threat.knows_bn_stats else 0.05
+    names = [s.attack for s in steps]
+    options.update(config.attack_options)
+    per_attack = split_options(names, options)
+    chosen: dict[str, Attack] = {name: attacks.make(name, **per_attack[name]) for name in names}
+    folder = report.prepare_folder(out, overwrite=overwrite)
+    images, labels = data.load(
+        config.dataset,
+        n=config.batch_size,
+        size=config.size,
+        seed=config.seed,
+        channels=config.channels,
+        num_classes=num_classes,
+        root=config.data,
+    )
+    results: dict[str, tuple[Reconstruction, dict[str, Any]]] = {}
+    observations: dict[str, Observation] = {}
+    for name, attack in chosen.items():
+        # a malicious server's attack sends its own modified model: its own observation
+        own = type(attack).prepare_model is not Attack.prepare_model
+        key = name if own else "shared"
+        if key not in observations:
+            sent = attack.prepare_model(copy.deepcopy(model), config.threat) if own else model
+            fresh = [defenses.make(n, **params) for n, params in config.defenses]  # DP-SGD accounts per object
+            observations[key] = observe(sent, images, labels, threat=config.threat, seed=config.seed, defenses=fresh)
+            observations[key].save(folder / ("observation" if key == "shared" else f"observation-{name}"))
+        rec = attack.reconstruct(observations[key], callback=progress(name) if progress else None)
+        results[name] = (rec, metrics.score(rec, images, labels))
+        if not config.run_all and certified(rec, config.batch_size):
+            break
+    reason = f"not run: {next(reversed(results))} already rebuilt the batch, certified by its gradient residual"
+    skipped += [Step(s.attack, s.exact, reason) for s in steps if s.attack not in results]
+    verdict = _verdict(results, config.batch_size)
+    record_config = {
+        "model": config.model,
+        "model_options": config.model_options,
+        "weights": config.weights,
+        "data": f"{config.dataset}:{config.data}",
+        "batch_size": int(images.shape[0]),
+        "size": config.size,
+        "channels": config.channels,
+        "num_classes": num_classes,
+        "threat": config.threat.to_dict(),
+        "defenses": [d.config() for d in client_defenses],
+        "seed": config.seed,
+        "labels": labels.tolist(),
+        "audit": {
+            "plan": [vars(s) for s in steps if s.attack in results],
+            "skipped": [vars(s) for s in skipped],
+            "verdict": verdict,
+        },
+    }
+    save_file({"images": images.contiguous(), "labels": labels}, str(folder / "ground_truth.safetensors"))
+    return report.write_run(folder, originals=images, results=results, config=record_config)
+
+
+def _verdict(results: dict[str, tuple[Reconstruction, dict[str, Any]]], batch_size: int) -> dict[str, Any]:
+    """Per original image, the best PSNR any attack reached (``None``: no attack returned an image for it); how many
+    exceed :data:`PROTECTED_PSNR`."""
+    best: list[float | None] = [None] * batch_size
+    for _, scores in results.values():
+        for entry in scores["per_image"]:
+            previous = best[entry["index"]]
+            best[entry["index"]] = entry["psnr"] if previous is None else max(previous, entry["psnr"])
+    leaked = sum(b is not None and b >= PROTECTED_PSNR for b in best)
+    strongest = max(results, key=lambda n: results[n][1]["psnr"])
+    certified_by = [n for n, (rec, _) in results.items() if certified(rec, batch_size)]
+    if leaked == 0:
+        summary = f"no image of the batch was recovered above {PROTECTED_PSNR:g} dB by the attacks run"
+    else:
+        summary = f"{leaked} of {batch_size} images recovered above {PROTECTED_PSNR:g} dB" + (
+            f"; {', '.join(certified_by)} rebuilt the whole batch, certified by the gradient residual"
+            if certified_by
+            else ""
+        )
+    return {
+        "leaked": leaked,
+        "threshold_db": PROTECTED_PSNR,
+        "best_psnr_per_image": best,
+        "strongest_attack": strongest,
+        "certified_by": certified_by,
+        "summary": summary,
+    }

@@ -1,0 +1,148 @@
+"""`gradinv audit`: the user's own model file and image folder, exact attacks first, the verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from gradinv.audit import load_model, plan
+from gradinv.cli import app
+from gradinv.observation import ThreatModel
+
+runner = CliRunner()
+
+MODEL_FILE = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """A user's fully connected model: first layer linear with bias, then ReLU (applied functionally)."""
+
+    def __init__(self, hidden: int = 64, classes: int = 4) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, hidden)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+class ConvBN(nn.Module):
+    """A user's convolutional model with BatchNorm: no exact attack applies to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x).flatten(1))
+'''
+
+
+@pytest.fixture
+def user(tmp_path: Path) -> tuple[Path, Path]:
+    """A model file and a folder of real 8x8 digits in class sub-folders, as a user would have them."""
+    from sklearn.datasets import load_digits
+
+    model_file = tmp_path / "my_model.py"
+    model_file.write_text(MODEL_FILE)
+    digits = load_digits()
+    folder = tmp_path / "images"
+    for label in range(4):
+        (folder / str(label)).mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(digits.target == label)[:3]):
+            pixels = (digits.images[index] / 16 * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / str(label) / f"{i}.png")
+    return model_file, folder
+
+
+def test_audit_of_a_fully_connected_model_stops_at_the_certified_exact_attack(user, tmp_path) -> None:
+    # Arrange
+    model_file, folder = user
+    out = tmp_path / "audit"
+    # Execute
+    result = runner.invoke(
+        app,
+        [
+            *("audit", "--model", f"{model_file}:Net", "--data", str(folder), "--batch-size", "3"),
+            *("--size", "8", "--channels", "1", "--out", str(out), "--steps", "5", "--seed", "4"),
+        ],
+    )
+    # Assert: the bias trick misses an image of this batch (it shares every row it drives), so SPEAR (exact for the
+    # whole batch) runs next and its certificate ends the audit before the optimisation attack
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "metrics.json").read_text())
+    audit = record["audit"]
+    assert [s["attack"] for s in audit["plan"]] == ["bias_trick", "spear"]
+    assert record["attacks"]["spear"]["scores"]["psnr"] > 100
+    assert audit["verdict"]["leaked"] == 3 and audit["verdict"]["certified_by"] == ["spear"]
+    assert any(s["attack"] == "inverting_gradients" and "certified" in s["reason"] for s in audit["skipped"])
+    assert any(s["attack"] == "rgap" and "batch size 3" in s["reason"] for s in audit["skipped"])
+    assert record["num_classes"] == 4 and "3 of 3 images" in result.output
+    assert "Audit verdict" in (out / "report.html").read_text()
+
+
+def test_audit_of_a_batchnorm_convnet_runs_the_optimisation_attack_with_the_bn_prior(user, tmp_path) -> None:
+    model_file, folder = user
+    weights = tmp_path / "w.safetensors"
+    model = load_model(f"{model_file}:ConvBN")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    out = tmp_path / "audit"
+    result = runner.invoke(
+        app,
+        [
+            *("audit", "-m", f"{model_file}:ConvBN", "--data", str(folder), "-b", "2", "--weights", str(weights)),
+            *("--size", "8", "--channels", "1", "--out", str(out), "--steps", "3", "--bn-stats", "--labels"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "metrics.json").read_text())
+    assert list(record["attacks"]) == ["inverting_gradients"]
+    ig = record["attacks"]["inverting_gradients"]
+    assert ig["config"]["bn_reg"] == 0.005 and ig["info"]["bn_target"] == "client batch"
+    assert {s["attack"] for s in record["audit"]["skipped"]} >= {"bias_trick", "spear", "trap_weights", "imprint"}
+
+
+def test_malicious_audit_plans_the_server_side_attacks(user) -> None:
+    model_file, _ = user
+    steps, skipped = plan(load_model(f"{model_file}:Net"), (1, 8, 8), 4, ThreatModel(server="malicious"))
+    assert [s.attack for s in steps] == ["trap_weights", "imprint", "inverting_gradients"]
+    assert {s.attack for s in skipped} == {"bias_trick", "spear", "rgap"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("my_model.py", "path/to/file.py:ClassName"),
+        ("missing.py:Net", "does not exist"),
+        ("{file}:Nope", "defines no 'Nope'; nn.Module classes there: Net, ConvBN"),
+        ("{file}:torch", "not an nn.Module class"),
+    ],
+)
+def test_bad_model_specs_are_named(user, tmp_path, spec, message) -> None:
+    model_file, folder = user
+    args = ["audit", "-m", spec.format(file=model_file), "--data", str(folder), "-b", "1", "-o", str(tmp_path / "o")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in " ".join(result.output.split())
+
+
+def test_wrong_image_shape_and_wrong_weights_are_named(user, tmp_path) -> None:
+    model_file, folder = user
+    base = ["audit", "-m", f"{model_file}:Net", "--data", str(folder), "-b", "1"]
+    result = runner.invoke(app, [*base, "--size", "16", "--channels", "1", "-o", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "--size/--channels" in result.output
+    bad = tmp_path / "bad.pt"
+    torch.save({"fc1.weight": torch.zeros(3, 3)}, bad)
+    result = runner.invoke(
+        app, [*base, "--size", "8", "--channels", "1", "--weights", str(bad), "-o", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 2 and "do not fit the model" in " ".join(result.output.split())
