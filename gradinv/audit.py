@@ -50,12 +50,13 @@ MALICIOUS_EXACT = ("trap_weights", "imprint")
 def load_model(spec: str, options: dict[str, Any] | None = None, weights: str | Path | None = None) -> nn.Module:
     """Build ``Class(**options)`` from ``"path/to/file.py:Class"`` and load ``weights`` into it if given.
 
-    The file is imported as a module (it runs, as your training script would run it). ``weights`` is a state dict
-    as ``.safetensors`` or as a PyTorch ``.pt``/``.pth`` file (read with ``weights_only=True``: tensors only).
+    The file is imported as a module, with its folder on ``sys.path`` meanwhile so that it may import its siblings
+    (it runs, as your training script would run it). ``weights`` is a state dict as ``.safetensors`` or as a PyTorch
+    ``.pt``/``.pth`` file (read with ``weights_only=True``: tensors only).
 
     Raises:
-        ValueError: the spec is not ``file.py:Name``, the file or the name does not exist, the name is not an
-            ``nn.Module`` class, or the weights do not fit the model.
+        ValueError: the spec is not ``file.py:Name``, the file does not exist or fails to import, the name does not
+            exist or is not an ``nn.Module`` class, or the weights do not fit the model.
     """
     path_text, sep, name = spec.rpartition(":")
     if not sep or not path_text.endswith(".py") or not name.isidentifier():
@@ -69,7 +70,15 @@ def load_model(spec: str, options: dict[str, Any] | None = None, weights: str | 
         raise ValueError(f"cannot import {path} as a Python module")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
-    loader_spec.loader.exec_module(module)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - whatever the user's file raises, say where it came from
+        del sys.modules[module_name]
+        raise ValueError(f"importing {path} failed: {type(err).__name__}: {err}") from err
+    finally:
+        sys.path.remove(folder)
     factory = getattr(module, name, None)
     if factory is None:
         found = [n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, nn.Module)]

@@ -135,6 +135,18 @@ def test_bad_model_specs_are_named(user, tmp_path, spec, message) -> None:
     assert result.exit_code == 2 and message in " ".join(result.output.split())
 
 
+def test_a_model_file_imports_its_siblings_and_import_errors_are_named(tmp_path) -> None:
+    (tmp_path / "blocks.py").write_text("from torch import nn\nWIDTH = 5\n")
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\nfrom blocks import WIDTH\n"
+        "class Head(nn.Linear):\n    def __init__(self):\n        super().__init__(4, WIDTH)\n"
+    )
+    assert load_model(f"{tmp_path / 'net.py'}:Head").out_features == 5
+    (tmp_path / "broken.py").write_text("import not_a_module_anywhere\n")
+    with pytest.raises(ValueError, match="importing .*broken.py failed: ModuleNotFoundError"):
+        load_model(f"{tmp_path / 'broken.py'}:Net")
+
+
 def test_wrong_image_shape_and_wrong_weights_are_named(user, tmp_path) -> None:
     model_file, folder = user
     base = ["audit", "-m", f"{model_file}:Net", "--data", str(folder), "-b", "1"]

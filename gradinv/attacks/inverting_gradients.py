@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from gradinv.attacks import labels as label_recovery
@@ -107,11 +109,12 @@ class InvertingGradients(Attack):
             optimizer = torch.optim.Adam([x], lr=self.lr)
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
             for step in range(self.steps):
-                with BatchNormInputs(model) as bn:
+                recorder = None if bn_target is None else BatchNormInputs(model)
+                with recorder or contextlib.nullcontext():
                     update = compute_update(model, x, labels, threat, create_graph=True)
                 loss = cosine_distance(update, target) + self.tv * total_variation(x)
-                if bn_target is not None:
-                    loss = loss + self.bn_reg * batchnorm_matching(bn.stats, bn_target)
+                if recorder is not None and bn_target is not None:
+                    loss = loss + self.bn_reg * batchnorm_matching(recorder.stats, bn_target)
                 (grad,) = torch.autograd.grad(loss, [x])
                 x.grad = grad.sign() if self.signed else grad
                 optimizer.step()

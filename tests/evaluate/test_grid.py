@@ -105,13 +105,17 @@ def test_grid_level_errors(tmp_path: Path) -> None:
 
 def test_huang2021_example_restricts_entries_to_threats_and_batch_sizes() -> None:
     grid = load_grid(EXAMPLES / "huang2021.toml")
-    # none: 3 threats x batch 1 and 4; eight defense settings under the strongest threat at batch 4; 3 seeds each
-    assert len(grid.cells) == 3 * (3 * 2 + 8)
-    assert all(c.config["pretrain_epochs"] == 1 and c.config["attack_label"] == "IG + BN prior" for c in grid.cells)
+    # per attack (IG with and without the BN prior): none under 3 threats at batch 1 and 4; pruning (4 ratios) at
+    # batch 1 and 4 and the 4 other defense settings at batch 4, under the strongest threat; 3 seeds each
+    assert len(grid.cells) == 2 * 3 * (3 * 2 + 4 * 2 + 4)
+    assert all(c.config["pretrain_epochs"] == 1 for c in grid.cells)
+    assert {c.config["attack_label"] for c in grid.cells} == {"IG + BN prior", "IG"}
     defended = [c for c in grid.cells if c.config["defense_label"] != "none"]
-    assert {(c.config["threat_label"], c.config["batch_size"]) for c in defended} == {("BN stats + labels", 4)}
-    weights = {c.config["threat_label"]: c.config["attack_options"]["bn_reg"] for c in grid.cells}
-    assert weights == {"BN stats + labels": 0.005, "labels only": 0.001, "neither": 0.001}
+    assert {c.config["threat_label"] for c in defended} == {"BN stats + labels"}
+    assert {c.config["batch_size"] for c in defended if not c.config["defense_label"].startswith("prune(")} == {4}
+    prior = {c.config["threat_label"]: c.config["attack_options"].get("bn_reg") for c in grid.cells
+             if c.config["attack_label"] == "IG + BN prior"}  # fmt: skip
+    assert prior == {"BN stats + labels": 0.005, "labels only": 0.001, "neither": 0.001}
 
 
 def test_attack_entries_of_one_attack_are_told_apart(tmp_path: Path) -> None:
