@@ -19,6 +19,8 @@ Sections (see ``examples/tiny.toml``)::
 Any [[attacks]] or [[defenses]] entry may take ``batch_sizes = [...]`` (drawn from [grid]) and ``threats = [...]``
 (labels of [[threats]]) to run only there. ``pretrain_epochs`` in [grid] attacks the model after that many epochs of
 clean training on the [utility] dataset (Huang et al. attack a model in training, not at its initialisation).
+``protected_psnr`` (dB, default 20) is where the report's ranking calls a defense protective: set it from the data
+(e.g. a few dB above what guessing each image's mean grey level scores).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ GRID_KEYS = {
     "seeds": [0],
     "client_images": None,
     "pretrain_epochs": 0,
+    "protected_psnr": 20.0,
 }
 UTILITY_KEYS = {"dataset": None, "epochs": 1, "n": 1000, "batch_size": 32, "lr": 0.05, "seed": 0}
 SECTIONS = ("grid", "utility", "models", "threats", "attacks", "defenses")

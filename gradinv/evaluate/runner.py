@@ -137,6 +137,6 @@ def evaluate(
                 progress(done, total, description)
         from gradinv.report.grid import write_report
 
-        return write_report(store, folder, grid.name)
+        return write_report(store, folder, grid.name, grid.settings["protected_psnr"])
     finally:
         store.close()

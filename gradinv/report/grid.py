@@ -64,9 +64,9 @@ def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[
     return rows
 
 
-def ranking(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_PSNR) -> list[dict[str, Any]]:
     """Defenses ranked for this grid: those whose worst case over attacks, threats and batch sizes stays under
-    :data:`PROTECTED_PSNR` first, by accuracy (highest first); then the rest by worst-case PSNR (lowest first)."""
+    ``protected`` dB first, by accuracy (highest first); then the rest by worst-case PSNR (lowest first)."""
     per: dict[str, dict[str, Any]] = {}
     for row in rows:
         if row["psnr"] is None:
@@ -78,14 +78,17 @@ def ranking(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["accuracy"] = row["accuracy"]
         if row["encoding_psnr"] is not None and row["encoding_psnr"] > entry.get("encodings", -1e9):
             entry["encodings"] = row["encoding_psnr"]
-    safe = sorted((e for e in per.values() if e["worst"] < PROTECTED_PSNR), key=lambda e: -(e["accuracy"] or 0))
-    unsafe = sorted((e for e in per.values() if e["worst"] >= PROTECTED_PSNR), key=lambda e: e["worst"])
+    safe = sorted((e for e in per.values() if e["worst"] < protected), key=lambda e: -(e["accuracy"] or 0))
+    unsafe = sorted((e for e in per.values() if e["worst"] >= protected), key=lambda e: e["worst"])
     return [{**e, "protective": True} for e in safe] + [{**e, "protective": False} for e in unsafe]
 
 
-def tradeoff_plot(rows: list[dict[str, Any]], path: Path, *, ceiling: float = 60.0) -> None:
+def tradeoff_plot(
+    rows: list[dict[str, Any]], path: Path, *, ceiling: float = 60.0, protected: float = PROTECTED_PSNR
+) -> None:
     """Attack PSNR against test accuracy: per attack and defense setting one point, its strongest case over threat
-    models and batch sizes; PSNR above ``ceiling`` (exact recovery) is drawn at the ceiling."""
+    models and batch sizes; PSNR above ``ceiling`` (exact recovery) is drawn at the ceiling, ``protected`` as a
+    dotted line."""
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         if r["accuracy"] is None or r["psnr"] is None:
@@ -99,7 +102,7 @@ def tradeoff_plot(rows: list[dict[str, Any]], path: Path, *, ceiling: float = 60
         ax.scatter([r["accuracy"] for r in mine], [min(r["psnr"], ceiling) for r in mine], label=attack, s=30)
         for r in mine:
             ax.annotate(r["defense_label"], (r["accuracy"], min(r["psnr"], ceiling)), fontsize=7, alpha=0.8)
-    ax.axhline(PROTECTED_PSNR, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(protected, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("test accuracy with the defense (utility)")
     ax.set_ylabel(f"attack PSNR, strongest case (dB; exact shown at {ceiling:g})")
     ax.set_title("privacy-utility trade-off: lower right is better")
@@ -114,16 +117,19 @@ def _html_table(head: list[str], body: list[list[Any]]) -> str:
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>"
 
 
-def write_report(store: Store, folder: Path, name: str) -> Path:
-    """Write ``folder/report.html`` (and ``tradeoff.png``) from the database; returns the report's path."""
+def write_report(store: Store, folder: Path, name: str, protected: float = PROTECTED_PSNR) -> Path:
+    """Write ``folder/report.html`` (and ``tradeoff.png``) from the database; returns the report's path.
+
+    ``protected``: the worst-case PSNR (dB) under which the ranking calls a defense protective (the grid's
+    ``protected_psnr``)."""
     recorded = store.cells()
     rows = table(store, recorded)
     plot = folder / "tradeoff.png"
     has_plot = any(r["accuracy"] is not None and r["psnr"] is not None for r in rows)
     if has_plot:
-        atomic_write(plot, lambda tmp: tradeoff_plot(rows, tmp))
+        atomic_write(plot, lambda tmp: tradeoff_plot(rows, tmp, protected=protected))
     columns = list(COLUMNS)
-    ranked = ranking(rows)
+    ranked = ranking(rows, protected)
     advice = "".join(
         f"<li><b>{html.escape(e['defense'])}</b>: worst case {_fmt(e['worst'])} dB ({html.escape(e['by'])}, "
         f"{html.escape(e['threat'])}), accuracy {_fmt(e['accuracy'])}"
@@ -131,7 +137,7 @@ def write_report(store: Store, folder: Path, name: str) -> Path:
         + (
             f"; but the encodings come back at {_fmt(e['encodings'])} dB, and encodings of enough epochs decode to "
             "the images (gi.attacks.instahide_decode; see the cost column)"
-            if e.get("encodings", -1e9) >= PROTECTED_PSNR
+            if e.get("encodings", -1e9) >= protected
             else ""
         )
         + "</li>"
@@ -154,7 +160,7 @@ all images and seeds); <i>encoding_psnr</i>: against the encodings a MixUp/Insta
 <i>cost_seconds</i>: estimated time to recover the client's whole dataset (inversions times seconds per
 inversion, Huang et al. 2021 Sec. 6); <i>matched</i>: share of images the attack returned an image for.</p>
 <h2>What this means</h2>
-<p>Defenses ranked for this grid (protective: the strongest attack stays under {PROTECTED_PSNR:g} dB, our threshold),
+<p>Defenses ranked for this grid (protective: the strongest attack stays under {protected:g} dB, the grid's threshold),
 best accuracy first among the protective ones:</p><ol>{advice}</ol>
 <p>As Huang et al. (2021) advise: a defense must be judged against the strongest attack in the grid, including attacks
 with side information (labels, BN statistics); combining gradient pruning with MixUp/InstaHide is their suggestion.

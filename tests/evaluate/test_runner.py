@@ -200,3 +200,13 @@ def test_pretrained_cells_attack_the_trained_model() -> None:
     for name, value in trained.state_dict().items():
         assert torch.equal(attacked.state_dict()[name], value)
     assert not torch.equal(attacked.state_dict()["net.1.weight"], initial.state_dict()["net.1.weight"])
+
+
+def test_the_ranking_calls_defenses_protective_under_the_grids_threshold() -> None:
+    from gradinv.report.grid import ranking
+
+    base = {"attack": "IG", "threat_label": "t", "encoding_psnr": None}
+    rows = [{**base, "defense_label": "none", "psnr": 17.0, "accuracy": 0.96},
+            {**base, "defense_label": "prune", "psnr": 9.0, "accuracy": 0.91}]  # fmt: skip
+    assert [(e["defense"], e["protective"]) for e in ranking(rows)] == [("none", True), ("prune", True)]
+    assert [(e["defense"], e["protective"]) for e in ranking(rows, 11.0)] == [("prune", True), ("none", False)]
