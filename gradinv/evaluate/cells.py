@@ -51,9 +51,8 @@ def _model(config: dict[str, Any]) -> torch.nn.Module:
     epochs = config.get("pretrain_epochs", 0)
     if not epochs:
         return fresh()
-    keep = ("model", "model_options", "size", "channels", "num_classes", "normalization", "seed", "utility")
-    spec = {"epochs": epochs, **{k: config[k] for k in keep}}
-    key = config_key(spec)
+    # what the training depends on: a utility job's configuration without defenses, plus the seed and the epochs
+    key = config_key({**(utility_config({**config, "defenses": []}) or {}), "seed": config["seed"], "epochs": epochs})
     if key not in _PRETRAINED:
         trained = _train(config, fresh, [], epochs, config["seed"]).model
         assert trained is not None

@@ -394,7 +394,7 @@ def load_grid(path: str | Path) -> Grid:
         raise reader.fail("threats", 0, None, f"threat labels must differ, got {labels}")
     attack_list, defense_list = _attacks(reader, settings, labels), _defenses(reader, settings, labels)
     grid = Grid(name=settings["name"], path=reader.path, settings={**settings, "utility": utility})
-    for (a, (name, options, attack_only, attack_label)), (threat_label, threat), b in itertools.product(
+    for (a, (name, options, attack_only, shown)), (threat_label, threat), b in itertools.product(
         enumerate(attack_list), threats, settings["batch_sizes"]
     ):
         for defense_label, chain, defense_only, d in defense_list:
@@ -423,13 +423,14 @@ def load_grid(path: str | Path) -> Grid:
                             "threat": threat_fields,
                             "threat_label": threat_label,
                             "attack": name,
-                            "attack_label": attack_label,
                             "attack_options": options,
                             "defenses": [[n, p] for n, p in chain],
                             "defense_label": defense_label,
                             "seed": seed,
                             "utility": utility,
-                            # only when set, so that the keys of grids without it stay as they were
+                            # only when they say more than the defaults, so that the keys (and the resumable results)
+                            # of grids without them stay as they were; attack_label() reads the label back
+                            **({"attack_label": shown} if shown != name else {}),
                             **({"pretrain_epochs": settings["pretrain_epochs"]} if settings["pretrain_epochs"] else {}),
                         }
                     )

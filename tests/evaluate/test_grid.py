@@ -6,6 +6,7 @@ import pytest
 
 import gradinv as gi
 from gradinv.evaluate import GridError, load_grid
+from gradinv.evaluate.grid import attack_label
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 BASE = """[grid]
@@ -121,7 +122,7 @@ def test_huang2021_example_restricts_entries_to_threats_and_batch_sizes() -> Non
 def test_attack_entries_of_one_attack_are_told_apart(tmp_path: Path) -> None:
     text = BASE.replace('name = "bias_trick"', 'name = "dlg"\nsteps = 2') + '\n[[attacks]]\nname = "dlg"\n'
     grid = load_grid(_grid(tmp_path, text + '[[defenses]]\nname = "none"\n'))
-    assert {c.config["attack_label"] for c in grid.cells} == {"dlg(steps=2)", "dlg"}
+    assert {attack_label(c.config) for c in grid.cells} == {"dlg(steps=2)", "dlg"}
 
 
 @pytest.mark.parametrize(
