@@ -79,7 +79,7 @@ def bare_inverting_gradients(obs: gi.Observation, steps: int, seed: int = 0) -> 
     low, high = -mean / std, (1 - mean) / std
     x = torch.randn((1, *obs.image_shape), generator=torch.Generator().manual_seed(seed)).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=0.1)
-    milestones = [int(4800 * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    milestones = [int(4000 * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
     for _ in range(steps):
         loss = F.cross_entropy(model(x), label)

@@ -80,7 +80,7 @@ def _threat(normalize: str, **fields: Any) -> ThreatModel:
 
 def _print_summary(record: dict[str, Any], out: Path) -> None:
     table = Table(title=f"gradinv: {record['model']} on {record['data']}, batch {record['batch_size']}")
-    for column in ("attack", "PSNR dB", "SSIM", "label acc", "residual rel L2", "seconds"):
+    for column in ("attack", "PSNR dB", "SSIM", "certified", "label acc", "residual rel L2", "seconds"):
         table.add_column(column, justify="right")
     for name, result in record["attacks"].items():
         s = result["scores"]
@@ -89,6 +89,7 @@ def _print_summary(record: dict[str, Any], out: Path) -> None:
             name,
             f"{s['psnr']:.2f}",
             f"{s['ssim']:.3f}",
+            f"{sum(result.get('certified', []))}/{record['batch_size']}",
             "n/a" if acc is None else f"{acc:.2f}",
             f"{s['residual'].get('rel_l2', float('nan')):.2e}",
             f"{result['seconds']:.1f}",
@@ -250,7 +251,8 @@ def audit_command(
     bn_stats: bool = typer.Option(False, "--bn-stats/--no-bn-stats", help="Grant the attacker the batch's BN stats."),
     bn_mode: str = typer.Option("train", help="Client BatchNorm mode: train or eval."),
     normalize: str = typer.Option("none", help=f"Client input normalisation: {', '.join(NORMALIZATIONS)}."),
-    steps: int = typer.Option(2000, help="Steps of the optimisation attack (Inverting Gradients)."),
+    steps: int = typer.Option(4000, help="Steps per restart of the optimisation attack (Inverting Gradients)."),
+    restarts: int = typer.Option(2, help="Restarts of the optimisation attack (Inverting Gradients)."),
     option: list[str] = typer.Option([], "--opt", help="Attack option attack.key=value (repeatable)."),
     run_all: bool = typer.Option(False, "--all", help="Run every planned attack even after a certified recovery."),
     seed: int = typer.Option(0, help="Seeds which batch is drawn and the client."),
@@ -283,6 +285,7 @@ def audit_command(
             threat=threat,
             attack_options=parse_options(option),
             steps=steps,
+            restarts=restarts,
             run_all=run_all,
             seed=seed,
         )

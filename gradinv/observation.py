@@ -8,9 +8,11 @@ information (labels, batch size, BatchNorm statistics, input normalisation) is g
 from __future__ import annotations
 
 import json
+import math
 import os
+import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,13 +20,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gradinv.validation import check_update
+from gradinv.validation import check_model_spec, check_observation_fields, check_update, check_value
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
-_SERVERS = ("honest", "malicious")
-_UPDATES = ("gradient", "fedavg")
-_BN_MODES = ("train", "eval")
+UNKNOWN_LABEL = -1
+"""The label of a returned image whose class the attack could not tell (``Reconstruction.labels``)."""
 
 
 @dataclass(frozen=True)
@@ -59,19 +60,34 @@ class ThreatModel:
     normalization: Normalization | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("server", self.server, _SERVERS)
-        _check_choice("update", self.update, _UPDATES)
-        _check_choice("bn_mode", self.bn_mode, _BN_MODES)
-        if not isinstance(self.local_steps, int) or self.local_steps < 1:
+        hints = typing.get_type_hints(ThreatModel)
+        for f in fields(self):
+            if f.name != "normalization":
+                check_value(f"ThreatModel.{f.name}", getattr(self, f.name), hints[f.name])
+        if self.local_steps < 1:
             raise ValueError(f"ThreatModel.local_steps must be an integer >= 1, got {self.local_steps!r}")
-        if not float(self.local_lr) > 0:
+        if not self.local_lr > 0:
             raise ValueError(f"ThreatModel.local_lr must be > 0, got {self.local_lr!r}")
-        if self.local_batch_size is not None and (
-            not isinstance(self.local_batch_size, int) or self.local_batch_size < 1
-        ):
+        if self.local_batch_size is not None and self.local_batch_size < 1:
             raise ValueError(f"ThreatModel.local_batch_size must be None or >= 1, got {self.local_batch_size!r}")
+        if self.update == "gradient":
+            local = {
+                f.name: getattr(self, f.name)
+                for f in fields(self)
+                if f.name in ("local_steps", "local_lr", "local_batch_size") and getattr(self, f.name) != f.default
+            }
+            if local:
+                raise ValueError(
+                    f"ThreatModel: {', '.join(f'{k}={v!r}' for k, v in local.items())} describe FedAvg local training, "
+                    'but update="gradient" shares one gradient; set update="fedavg" or leave them out'
+                )
         if self.normalization is not None:
             object.__setattr__(self, "normalization", _check_normalization(self.normalization))
+
+    def as_gradient(self) -> ThreatModel:
+        """The same threat model for a client that shares its gradient (the local-training fields reset)."""
+        defaults: dict[str, Any] = {f.name: f.default for f in fields(self) if f.name.startswith("local_")}
+        return replace(self, update="gradient", **defaults)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
@@ -87,11 +103,6 @@ class ThreatModel:
         return cls(**data)
 
 
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"ThreatModel.{name} must be one of {choices}, got {value!r}")
-
-
 def _check_normalization(norm: Any) -> Normalization:
     try:
         mean, std = (tuple(float(v) for v in part) for part in norm)
@@ -99,6 +110,8 @@ def _check_normalization(norm: Any) -> Normalization:
         raise ValueError(f"normalization must be ((mean, ...), (std, ...)), got {norm!r}") from err
     if len(mean) != len(std) or not mean:
         raise ValueError(f"normalization mean and std must have the same non-zero length, got {norm!r}")
+    if not all(math.isfinite(v) for v in mean + std):
+        raise ValueError(f"normalization must be finite numbers, got {norm!r}")
     if any(s <= 0 for s in std):
         raise ValueError(f"normalization std must be > 0 everywhere, got {std}")
     return mean, std
@@ -136,6 +149,9 @@ class Observation:
 
     def __post_init__(self) -> None:
         check_update(self.model, self.update)
+        if not isinstance(self.threat, ThreatModel):
+            raise TypeError(f"threat must be a gi.ThreatModel, got {type(self.threat).__name__}")
+        check_observation_fields(self.image_shape, self.num_classes, self.batch_size, self.labels, self.bn_stats)
         if self.labels is not None and not self.threat.knows_labels:
             raise ValueError("the threat model withholds labels, yet the observation carries them")
         if self.batch_size is not None and not self.threat.knows_batch_size:
@@ -178,35 +194,75 @@ class Observation:
                 with a model from ``gi.models.make`` (then it is rebuilt from ``model_spec``).
         """
         folder = Path(path)
-        meta = json.loads((folder / "observation.json").read_text())
-        if meta.get("format") != "gradinv.observation/1":
-            raise ValueError(f"{folder} is not a gradinv observation (format {meta.get('format')!r})")
-        tensors = load_file(str(folder / "tensors.safetensors"))
-        threat = ThreatModel.from_dict(_tuples(meta["threat"]))
+        meta, tensors = _read(folder)
+        source = str(folder / "observation.json")
+        try:
+            threat = ThreatModel.from_dict(_tuples(meta["threat"]))
+            spec = check_model_spec(meta["model_spec"], source)
+            image_shape = tuple(meta["image_shape"]) if isinstance(meta["image_shape"], list) else meta["image_shape"]
+            check_observation_fields(image_shape, meta["num_classes"], meta["batch_size"], tensors.get("labels"), None)
+            bn_names, defenses = meta["bn_names"], meta.get("defenses", [])
+            if not isinstance(bn_names, list) or not all(isinstance(n, str) for n in bn_names):
+                raise ValueError("bn_names must be a list of names")
+            if not isinstance(defenses, list) or not all(isinstance(d, dict) for d in defenses):
+                raise ValueError("defenses must be a list of objects")
+            bn = {n: (tensors[f"bn_mean/{n}"], tensors[f"bn_var/{n}"]) for n in bn_names}
+        except KeyError as err:
+            raise ValueError(f"{source} (or its tensors) lacks the entry {err.args[0]!r}") from err
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: {err}") from err
         if model is None:
-            if meta["model_spec"] is None:
+            if spec is None:
                 raise ValueError("this observation's model is not from gi.models.make: pass model=<your nn.Module>")
             from gradinv import models
 
-            spec = dict(meta["model_spec"])
-            model = models.make(spec.pop("name"), **_tuples(spec))
+            spec = dict(spec)
+            model = models.make(str(spec.pop("name")), **_tuples(spec))
         state = {k[len("state/") :]: v for k, v in tensors.items() if k.startswith("state/")}
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"{folder}: the saved weights do not fit the model: {err}") from err
         model.train(threat.bn_mode == "train")
         update = {k[len("update/") :]: v for k, v in tensors.items() if k.startswith("update/")}
-        bn = {n: (tensors[f"bn_mean/{n}"], tensors[f"bn_var/{n}"]) for n in meta["bn_names"]}
-        return cls(
+        observation = cls(
             model=model,
             update=update,
             threat=threat,
-            image_shape=tuple(meta["image_shape"]),  # type: ignore[arg-type]
+            image_shape=image_shape,  # type: ignore[arg-type]
             num_classes=int(meta["num_classes"]),
             labels=tensors.get("labels"),
             batch_size=meta["batch_size"],
             bn_stats=bn or None,
-            model_spec=meta["model_spec"],
-            defenses=meta.get("defenses", []),
+            model_spec=spec,
+            defenses=defenses,
         )
+        from gradinv.fl.client import num_outputs  # the client module imports this one
+
+        outputs = num_outputs(model, observation.image_shape)
+        if outputs != observation.num_classes:
+            raise ValueError(f"{source}: num_classes is {observation.num_classes}, the model has {outputs} outputs")
+        return observation
+
+
+def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``observation.json`` (an object of the right format) and the tensors of a saved observation."""
+    meta_path, tensor_path = folder / "observation.json", folder / "tensors.safetensors"
+    for path in (meta_path, tensor_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: {folder} is not a saved gradinv observation")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != "gradinv.observation/1":
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{meta_path} is not a gradinv observation (format {found!r})")
+    try:
+        tensors = load_file(str(tensor_path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+        raise ValueError(f"{tensor_path} cannot be read as safetensors: {err}") from err
+    return meta, tensors
 
 
 def _tuples(data: dict[str, Any]) -> dict[str, Any]:
@@ -224,12 +280,21 @@ class Reconstruction:
 
     Attributes:
         images: ``(N, C, H, W)`` reconstructions in pixel space, in [0, 1].
-        labels: ``(N,)`` int64 recovered labels, or ``None`` if the attack recovers none.
+        labels: ``(N,)`` int64 labels, one per returned image and aligned with it (``labels[i]`` is the class the
+            attack gives ``images[i]``); :data:`UNKNOWN_LABEL` (-1) for an image whose class the attack could not
+            tell. ``None`` if the attack recovers no labels at all.
         trace: the attack's objective per step.
         seconds: wall time of the attack.
         residual: the reconstruction's own update recomputed under the observed model, against the observed update:
-            ``cosine`` similarity and ``rel_l2`` (``||u' - u|| / ||u||``). Needs no ground truth; ~0 ``rel_l2``
-            certifies an exact reconstruction.
+            ``cosine`` similarity and ``rel_l2`` (``||u' - u|| / ||u||``). Needs no ground truth. A small ``rel_l2``
+            says the answer is *consistent* with what was observed, not that it is the client's data: where the
+            update does not determine the input (a rank-deficient layer, a partial batch) other inputs reproduce it
+            too. Empty when some returned image has no label.
+        certified: one bool per returned image: True only where the attack's own uniqueness condition proves the
+            image is the client's (see ``certificate``). Optimisation attacks never certify.
+        certificate: the evidence behind ``certified`` (or why nothing is certified), in words.
+        label_counts: ``(K,)`` int64 counts of each class in the batch, from the classifier's gradient (LLG), when
+            some image's label is unknown: the batch's labels without saying which image has which.
         attack: the attack's registry name.
         config: the attack's hyperparameters.
         info: extra attack-specific results (e.g. how the labels were obtained).
@@ -243,6 +308,15 @@ class Reconstruction:
     attack: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    certified: list[bool] = field(default_factory=list)
+    certificate: str = ""
+    label_counts: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not self.certified:
+            self.certified = [False] * int(self.images.shape[0])
+        if len(self.certified) != self.images.shape[0]:
+            raise ValueError(f"certified has {len(self.certified)} entries for {self.images.shape[0]} images")
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:

@@ -22,6 +22,8 @@ MODEL_FILE = '''
 import torch
 from torch import nn
 
+from gradinv.models.cnn6 import CNN6
+
 
 class Net(nn.Module):
     """A user's fully connected model: first layer linear with bias, then ReLU (applied functionally)."""
@@ -33,6 +35,13 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+class Narrow(CNN6):
+    """R-GAP's CNN6 with a 3-channel first layer: rank-deficient, so its gradient does not determine the image."""
+
+    def __init__(self) -> None:
+        super().__init__(num_classes=4, image_shape=(3, 16, 16), channels=(3, 9, 9, 9, 16, 32))
 
 
 class ConvBN(nn.Module):
@@ -65,30 +74,48 @@ def user(tmp_path: Path) -> tuple[Path, Path]:
     return model_file, folder
 
 
-def test_audit_of_a_fully_connected_model_stops_at_the_certified_exact_attack(user, tmp_path) -> None:
-    # Arrange
+def _audit(user, out: Path, model: str, *options: str) -> tuple[str, dict]:
+    """Run ``gradinv audit`` on the user's model class and images; its output and ``metrics.json``."""
     model_file, folder = user
-    out = tmp_path / "audit"
-    # Execute
     result = runner.invoke(
-        app,
-        [
-            *("audit", "--model", f"{model_file}:Net", "--data", str(folder), "--batch-size", "3"),
-            *("--size", "8", "--channels", "1", "--out", str(out), "--steps", "5", "--seed", "4"),
-        ],
+        app, ["audit", "-m", f"{model_file}:{model}", "--data", str(folder), "-o", str(out), *options]
     )
-    # Assert: the bias trick misses an image of this batch (it shares every row it drives), so SPEAR (exact for the
-    # whole batch) runs next and its certificate ends the audit before the optimisation attack
     assert result.exit_code == 0, result.output
-    record = json.loads((out / "metrics.json").read_text())
+    return result.output, json.loads((out / "metrics.json").read_text())
+
+
+def test_audit_of_a_fully_connected_model_stops_at_the_certified_exact_attack(user, tmp_path) -> None:
+    # Arrange / Execute
+    out = tmp_path / "audit"
+    output, record = _audit(
+        user, out, "Net", "-b", "3", "--size", "8", "--channels", "1", "--steps", "5", "--seed", "4"
+    )
+    # Assert: two images drive rows of their own, the third a single row; together they are the whole batch, whose
+    # update they reproduce: the bias trick certifies all three, which ends the audit before SPEAR and IG
     audit = record["audit"]
-    assert [s["attack"] for s in audit["plan"]] == ["bias_trick", "spear"]
-    assert record["attacks"]["spear"]["scores"]["psnr"] > 100
-    assert audit["verdict"]["leaked"] == 3 and audit["verdict"]["certified_by"] == ["spear"]
+    assert [s["attack"] for s in audit["plan"]] == ["bias_trick"]
+    bias = record["attacks"]["bias_trick"]
+    assert bias["scores"]["psnr"] > 100 and bias["certified"] == [True] * 3 and bias["scores"]["label_acc"] == 1.0
+    assert audit["verdict"]["leaked"] == 3 and audit["verdict"]["certified_by"] == ["bias_trick"]
+    assert any(s["attack"] == "spear" and "certified every image" in s["reason"] for s in audit["skipped"])
     assert any(s["attack"] == "inverting_gradients" and "certified" in s["reason"] for s in audit["skipped"])
     assert any(s["attack"] == "rgap" and "batch size 3" in s["reason"] for s in audit["skipped"])
-    assert record["num_classes"] == 4 and "3 of 3 images" in result.output
+    assert record["num_classes"] == 4 and "3 of 3 images" in output
     assert "Audit verdict" in (out / "report.html").read_text()
+
+
+def test_audit_does_not_stop_at_an_uncertified_rgap_answer(user, tmp_path) -> None:
+    # Prepare / Execute: a rank-deficient CNN6, batch 1: R-GAP's answer reproduces the gradient but is not the only one
+    out = tmp_path / "audit"
+    _, record = _audit(user, out, "Narrow", "-b", "1", "--size", "16", "--steps", "3", "--restarts", "1")
+    # Assert: R-GAP runs, is not certified, and the optimisation attack runs after it; the verdict says so
+    rgap = record["attacks"]["rgap"]
+    assert [s["attack"] for s in record["audit"]["plan"]] == ["rgap", "inverting_gradients"]
+    assert rgap["certified"] == [False] and "rank-deficient at the answer" in rgap["certificate"]
+    assert rgap["scores"]["residual"]["rel_l2"] < 1e-2 and record["audit"]["verdict"]["certified_by"] == []
+    assert "3 steps x 1 restarts of Inverting Gradients" in record["audit"]["verdict"]["budget"]
+    page = (out / "report.html").read_text()
+    assert "rank analysis at the recovered input" in page and "<b>no</b>" in page
 
 
 def test_audit_of_a_batchnorm_convnet_runs_the_optimisation_attack_with_the_bn_prior(user, tmp_path) -> None:
@@ -124,7 +151,7 @@ def test_malicious_audit_plans_the_server_side_attacks(user) -> None:
     [
         ("my_model.py", "path/to/file.py:ClassName"),
         ("missing.py:Net", "does not exist"),
-        ("{file}:Nope", "defines no 'Nope'; nn.Module classes there: Net, ConvBN"),
+        ("{file}:Nope", "defines no 'Nope'; nn.Module classes there: CNN6, Net, Narrow, ConvBN"),
         ("{file}:torch", "not an nn.Module class"),
     ],
 )

@@ -14,6 +14,7 @@ from gradinv.attacks.inverting_gradients import InvertingGradients
 from gradinv.attacks.rgap import RGAP
 from gradinv.attacks.spear import SPEAR
 from gradinv.attacks.trap_weights import TrapWeights
+from gradinv.validation import check_known_options
 
 REGISTRY: dict[str, type[Attack]] = {
     "dlg": DLG,
@@ -77,10 +78,8 @@ def make(name: str, **kwargs: Any) -> Attack:
     """Build a registered attack with keyword hyperparameters (the paper's defaults otherwise)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown attack {name!r}; available: {', '.join(names())}")
-    try:
-        return REGISTRY[name](**kwargs)
-    except TypeError as err:
-        raise TypeError(f"attack {name!r}: {err}") from err
+    check_known_options(REGISTRY[name], kwargs)
+    return REGISTRY[name](**kwargs)
 
 
 __all__ = [

@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from gradinv.attacks.certify import CERTIFIED_RESIDUAL
 from gradinv.fl.client import compute_update, normalize
-from gradinv.observation import Observation, Reconstruction, ThreatModel
+from gradinv.observation import UNKNOWN_LABEL, Observation, Reconstruction, ThreatModel
 
 Callback = Callable[[int, int, float], None]
 """Called as ``callback(step, total_steps, loss)`` after each step of an attack."""
@@ -23,12 +24,22 @@ Callback = Callable[[int, int, float], None]
 
 @dataclass
 class Result:
-    """What an attack's algorithm hands back to :meth:`Attack.reconstruct`."""
+    """What an attack's algorithm hands back to :meth:`Attack.reconstruct`.
+
+    ``certified`` (exact attacks only) flags the images the attack's own uniqueness condition proves, with the
+    evidence in ``certificate``; ``whole_batch`` says those flags also need the whole batch's residual (checked by
+    :meth:`Attack.reconstruct`). ``labels`` may hold :data:`~gradinv.observation.UNKNOWN_LABEL` where an image's
+    class is unknown; ``label_counts`` then gives the batch's label counts.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor | None
     trace: list[float]
     info: dict[str, Any] = field(default_factory=dict)
+    certified: list[bool] | None = None
+    certificate: str = ""
+    whole_batch: bool = False
+    label_counts: torch.Tensor | None = None
 
 
 class Attack(ABC):
@@ -39,6 +50,7 @@ class Attack(ABC):
     """
 
     name: ClassVar[str]
+    kind: ClassVar[str] = "attack"
     requires: ClassVar[frozenset[str]] = frozenset()
     max_batch: ClassVar[int | None] = None
     """The largest batch the attack is defined for (``None``: any)."""
@@ -62,18 +74,50 @@ class Attack(ABC):
         result = self.run(observation, callback)
         seconds = time.perf_counter() - start
         images = result.images.detach().clamp(0.0, 1.0)
-        residual = gradient_residual(observation, images, result.labels) if result.labels is not None else {}
+        labels = None if result.labels is None else result.labels.detach()
+        known = labels is not None and (labels.dim() == 2 or bool((labels != UNKNOWN_LABEL).all()))
+        residual = gradient_residual(observation, images, labels) if known and labels is not None else {}
+        certified, certificate = self._certify(observation, result, residual, images.shape[0])
         return Reconstruction(
             images=images,
             # soft (N, K) targets (known labels of MixUp encodings) name no class per image: not reported as labels
-            labels=None if result.labels is None or result.labels.dim() != 1 else result.labels.detach().long(),
+            labels=None if labels is None or labels.dim() != 1 else labels.long(),
             trace=result.trace,
             seconds=seconds,
             residual=residual,
             attack=self.name,
             config=self.config(),
             info=result.info,
+            certified=certified,
+            certificate=certificate,
+            label_counts=result.label_counts,
         )
+
+    def _certify(
+        self, observation: Observation, result: Result, residual: dict[str, float], n: int
+    ) -> tuple[list[bool], str]:
+        """The attack's per-image certificates, withdrawn where the whole batch's residual contradicts them."""
+        if not self.exact:
+            return [False] * n, "optimisation attack: never certified (the residual says how consistent it is)"
+        flags = list(result.certified) if result.certified is not None else [False] * n
+        text = result.certificate or "no certificate"
+        if not any(flags):
+            return flags, text
+        rel = residual.get("rel_l2")
+        if result.whole_batch and (observation.batch_size != n or rel is None or rel >= CERTIFIED_RESIDUAL):
+            why = (
+                "the batch size is not granted"
+                if observation.batch_size is None
+                else f"{n} images for a batch of {observation.batch_size}"
+                if observation.batch_size != n
+                else "no residual (a label is unknown)"
+                if rel is None
+                else f"the batch's residual {rel:.2g} is not below {CERTIFIED_RESIDUAL:g}"
+            )
+            return [False] * n, f"{text}; withdrawn: {why}"
+        if all(flags) and n == observation.batch_size and rel is not None and rel >= CERTIFIED_RESIDUAL:
+            return [False] * n, f"{text}; withdrawn: the certified batch's residual is {rel:.2g}"
+        return flags, text
 
     def check(self, observation: Observation) -> None:
         """Raise ``ValueError`` if the observation lacks what this attack needs."""
@@ -124,13 +168,17 @@ def target_update(observation: Observation, model: torch.nn.Module) -> list[torc
 def gradient_residual(observation: Observation, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Recompute the update of ``(images, labels)`` under the observed model and compare it with the observed one.
 
+    Args:
+        labels: ``(N,)`` class indices, or ``(N, K)`` soft targets (MixUp/InstaHide encodings), used as they are.
+
     Returns ``{"cosine": <u', u> / (|u'| |u|), "rel_l2": |u' - u| / |u|}``; needs no ground truth.
     """
     model = attacker_model(observation)
     inputs = normalize(images, observation.threat.normalization)
+    targets = labels.long() if labels.dim() == 1 else labels.to(inputs.dtype)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        mine = compute_update(model, inputs, labels.long(), observation.threat)
+        mine = compute_update(model, inputs, targets, observation.threat)
     target = target_update(observation, model)
     a = torch.cat([m.detach().flatten() for m in mine]).double()
     b = torch.cat([t.flatten() for t in target]).double()

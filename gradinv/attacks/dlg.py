@@ -11,6 +11,7 @@ from gradinv.attacks.base import Attack, Callback, Result, attacker_model, targe
 from gradinv.attacks.objectives import euclidean_distance
 from gradinv.fl.client import compute_update, denormalize
 from gradinv.observation import Observation
+from gradinv.validation import check_arguments, check_positive_int, check_seed
 
 
 class DLG(Attack):
@@ -27,8 +28,8 @@ class DLG(Attack):
     Args:
         steps: L-BFGS steps (``optimizer.step`` calls) per restart.
         lr: L-BFGS learning rate.
-        max_iter: inner iterations per L-BFGS step.
-        history_size: L-BFGS memory.
+        max_iter: inner iterations per L-BFGS step (PyTorch's default, which the paper's code keeps).
+        history_size: L-BFGS memory (PyTorch's default, as ``max_iter``).
         line_search: ``None`` (the paper's fixed-step L-BFGS) or ``"strong_wolfe"`` (steadier on saturated nets).
         restarts: independent random starts; the one with the smallest gradient distance wins.
         seed: seeds the dummy initialisation.
@@ -50,10 +51,14 @@ class DLG(Attack):
         seed: int = 0,
         batch_size: int | None = None,
     ) -> None:
+        check_arguments(self, locals())
         if steps < 1 or restarts < 1 or max_iter < 1:
             raise ValueError(f"steps, restarts and max_iter must be >= 1, got {steps}, {restarts}, {max_iter}")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
+        check_positive_int("history_size", history_size, allow_none=False)
+        check_positive_int("batch_size", batch_size)
+        check_seed("seed", seed)
         self.steps, self.lr, self.max_iter, self.history_size = steps, lr, max_iter, history_size
         if line_search not in (None, "strong_wolfe"):
             raise ValueError(f"line_search must be None (the paper) or 'strong_wolfe', got {line_search!r}")

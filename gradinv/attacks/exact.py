@@ -106,26 +106,33 @@ def check_single_step(observation: Observation, attack: str) -> None:
         )
 
 
-def classifier_targets(observation: Observation, inputs: torch.Tensor) -> torch.Tensor:
-    """The ``(N, K)`` training targets of known (normalised) inputs, read off the classifier's gradient.
+def classifier_targets(observation: Observation, inputs: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """The ``(M, K)`` training targets of known (normalised) inputs, read off the classifier's gradient.
 
     With softmax cross-entropy over a batch of ``N``, ``dL/dW = (1/N) sum_n (p_n - t_n) h_n^T`` for the features
     ``h_n`` feeding the last linear layer and targets ``t_n`` (one-hot, or mixed by MixUp/InstaHide). Knowing every
     ``x_n`` gives ``p_n`` and ``h_n``, so ``T^T H = sum_n p_n h_n^T - N dL/dW`` is linear in ``T``: least squares.
+    The classifier's bias gradient ``(1/N) sum_n (p_n - t_n)`` joins the system as a column of ones beside ``H``:
+    without it, features whose batch mean is fixed (a train-mode BatchNorm before the classifier makes it 0) leave
+    ``T`` free up to a constant added to every row. With only ``M < N`` of the inputs (``batch_size`` = ``N``), the
+    missing samples' terms stay in the right-hand side: the least-squares targets are then an approximation.
     """
     from gradinv.attacks.labels import classifier
 
-    weight_name, _ = classifier(observation.model)
+    weight_name, bias_name = classifier(observation.model)
     model = copy.deepcopy(observation.model)  # the forward pass may move BN buffers
     layer = model.get_submodule(weight_name.rpartition(".")[0])
     with torch.no_grad():
         logits, features = layer_input(model, layer, inputs)
-    n = inputs.shape[0]
+    n = inputs.shape[0] if batch_size is None else batch_size
     scale = observation.threat.local_lr if observation.threat.update == "fedavg" else 1.0
     grad = observation.update[weight_name].double() / scale
     h, p = features.double(), torch.softmax(logits.double(), dim=-1)
+    if bias_name is not None:
+        h = torch.cat([h, torch.ones(h.shape[0], 1, dtype=torch.float64)], dim=1)
+        grad = torch.cat([grad, observation.update[bias_name].double()[:, None] / scale], dim=1)
     target = p.T @ h - n * grad  # (K, D_h) = T^T H
-    return (target @ torch.linalg.pinv(h)).T  # (N, K)
+    return torch.linalg.lstsq(h.T, target.T).solution  # (M, K): min ||H^T T - target^T||
 
 
 def assign_labels(observation: Observation, inputs: torch.Tensor) -> torch.Tensor | None:

@@ -30,6 +30,7 @@ from gradinv.attacks.base import Attack, Callback, Result
 from gradinv.attacks.exact import check_single_step
 from gradinv.fl.client import cross_entropy, denormalize
 from gradinv.observation import Observation
+from gradinv.validation import check_arguments
 
 ACTIVATIONS = (nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.ReLU)
 MAX_UNKNOWNS = 20_000
@@ -379,12 +380,16 @@ class RGAP(Attack):
 
     Needs a chain of Conv2d/Linear layers with elementwise invertible activations (LeakyReLU, sigmoid, tanh; ReLU
     drops the forward constraints of inactive units), a linear classifier with softmax cross-entropy, batch size 1
-    and a gradient (or one local step). ``info["ranks"]`` gives the rank analysis met on the way: a rank-deficient
-    layer yields the minimum-norm solution, and the result degrades.
+    and a gradient (or one local step). ``info["ranks"]`` gives the rank analysis met on the way, computed at the
+    answer itself (each layer's system is built from the recovered ``g`` and ``z``): a rank-deficient layer yields
+    the minimum-norm solution, and the result degrades. The image is **certified** only when every layer has full
+    column rank there *and* the image reproduces the observed gradient (residual below
+    :data:`~gradinv.attacks.certify.CERTIFIED_RESIDUAL`, with the batch size of 1 granted): where the rank is short,
+    the gradient does not determine the input and a zero residual proves nothing.
 
     Args:
-        rcond: singular values of a layer's system below ``rcond * s_max`` count as zero (the normal equations
-            resolve about ``sqrt(machine eps)``).
+        rcond: singular values of a layer's system below ``rcond * s_max`` count as zero (gradinv's own: the normal
+            equations resolve about ``sqrt(machine eps)``).
     """
 
     name = "rgap"
@@ -393,6 +398,7 @@ class RGAP(Attack):
     max_batch = 1
 
     def __init__(self, *, rcond: float = 1e-7) -> None:
+        check_arguments(self, locals())
         if not 0 < rcond < 1:
             raise ValueError(f"rcond must be in (0, 1), got {rcond}")
         self.rcond = rcond
@@ -408,8 +414,14 @@ class RGAP(Attack):
         if callback is not None:
             callback(1, 1, 0.0)
         image = denormalize(x.float().reshape(1, *observation.image_shape), observation.threat.normalization)
-        info = {
-            "ranks": [r.as_dict() for r in ranks],
-            "rank_sufficient": all(r.sufficient for r in ranks),
-        }
-        return Result(image, torch.tensor([label]), [], info)
+        sufficient = all(r.sufficient for r in ranks)
+        info = {"ranks": [r.as_dict() for r in ranks], "rank_sufficient": sufficient}
+        short = [f"{r.layer!r} rank {r.rank} < {r.unknowns} unknowns" for r in ranks if not r.sufficient]
+        evidence = (
+            f"every one of {len(ranks)} layers has full column rank at the answer (R-GAP Sec. 4) and the image "
+            "reproduces the observed gradient"
+            if sufficient
+            else "not certified: rank-deficient at the answer (" + "; ".join(short) + "): other inputs give the same "
+            "gradient, so even a zero residual proves nothing"
+        )
+        return Result(image, torch.tensor([label]), [], info, [sufficient], evidence, whole_batch=True)

@@ -19,14 +19,18 @@ the batch size, and a fixed sample budget fails more often as ``B`` grows (paper
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
 from gradinv.attacks import labels as label_recovery
 from gradinv.attacks.base import Attack, Callback, Result
-from gradinv.attacks.exact import assign_labels, check_single_step, first_linear
-from gradinv.fl.client import denormalize
-from gradinv.observation import Observation
+from gradinv.attacks.bias_trick import ReadOff
+from gradinv.attacks.certify import certify_samples, obstacle
+from gradinv.attacks.exact import check_single_step, first_linear
+from gradinv.observation import UNKNOWN_LABEL, Observation
+from gradinv.validation import check_arguments, check_positive_int, check_seed
 
 
 def relu_after(model: nn.Module, layer_name: str) -> None:
@@ -128,6 +132,20 @@ def sample_directions(
     return torch.cat(kept), torch.cat(zeros_kept)
 
 
+def distinct(directions: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One copy of each direction (up to sign and scale, to 6 digits): the same column of ``Q`` is found by many
+    submatrices, and a pool of copies would crowd out the others."""
+    if directions.shape[0] == 0:
+        return directions, zeros
+    unit = directions / directions.norm(dim=1, keepdim=True)
+    unit = unit * unit.gather(1, unit.abs().argmax(dim=1, keepdim=True)).sign()
+    _, inverse = torch.unique(torch.round(unit * 1e6), dim=0, return_inverse=True)
+    count = int(inverse.max()) + 1
+    first = torch.full((count,), directions.shape[0], dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(directions.shape[0]), reduce="amin")
+    return directions[first], zeros[first]
+
+
 def select_directions(directions: torch.Tensor, zeros: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Greedy filtering (Alg. 1, GreedyFilter): take the sparsest directions that stay linearly independent of those
     already chosen (which also merges duplicates). Returns up to ``batch_size`` unit columns ``(B, k)``."""
@@ -165,6 +183,9 @@ def relu_consistency(
 CHUNK = 8192
 """Submatrices drawn between two attempts to solve the batch."""
 
+POOL_PER_SAMPLE = 64
+"""Candidate directions kept per sample of the batch between attempts (the sparsest ones)."""
+
 
 def solve_batch(
     left: torch.Tensor,
@@ -174,10 +195,11 @@ def solve_batch(
     bias: torch.Tensor,
     columns: torch.Tensor,
     zero_tol: float,
-) -> tuple[torch.Tensor, list[bool], torch.Tensor, int]:
+) -> tuple[torch.Tensor, list[bool], torch.Tensor, int, torch.Tensor]:
     """Scale the found directions with the bias gradient (``L Q diag(s) 1 = dL/db``), invert ``X^T = Q^{-1} R`` and
-    certify each sample by ReLU consistency. Missing directions are completed by an orthonormal basis (those samples
-    are never flagged exact). Returns ``(inputs (B, n), exact, agreement, found)``."""
+    check each sample's ReLU consistency. Missing directions are completed by an orthonormal basis (those samples
+    are never flagged). Returns ``(inputs (B, n), consistent, agreement, found, dL/dZ (m, B))``: column ``b`` of
+    ``dL/dZ`` is sample ``b``'s share of the layer's output gradient."""
     size, found = right.shape[0], columns.shape[1]
     if found < size:
         basis = torch.linalg.qr(torch.cat([columns, torch.eye(size, dtype=torch.float64)], dim=1)).Q
@@ -185,9 +207,10 @@ def solve_batch(
     scales = torch.linalg.lstsq(left @ columns, bias_grad[:, None]).solution[:, 0]
     q = columns * scales
     inputs = torch.linalg.lstsq(q, right).solution  # (B, n) = X^T
-    consistent, agreement = relu_consistency(left @ q, weight @ inputs.T + bias[:, None], zero_tol)
+    gradient_z = left @ q
+    consistent, agreement = relu_consistency(gradient_z, weight @ inputs.T + bias[:, None], zero_tol)
     exact = [bool(c) and found == size for c in consistent.tolist()]
-    return inputs, exact, agreement, found
+    return inputs, exact, agreement, found, gradient_z
 
 
 class SPEAR(Attack):
@@ -195,17 +218,29 @@ class SPEAR(Attack):
 
     Needs a fully connected first layer with bias followed by ReLU (an MLP's, or the input of a linear head given
     its features), more units than the batch size, and a gradient or one local step. The batch size comes from the
-    threat model, else from ``batch_size``, else from the rank of the layer's gradient. ``info["exact"]`` flags each
-    sample that passes the ReLU consistency check; ``info["found"]`` is the number of directions recovered.
+    threat model, else from ``batch_size``, else from the rank of the layer's gradient. ``info["relu_consistent"]``
+    flags each sample that passes the ReLU consistency check; ``info["found"]`` is the number of directions
+    recovered.
+
+    A sample is **certified** when all ``B`` directions were found, it passes ReLU consistency, and its recovered
+    column of ``dL/dZ`` equals its own gradient with one label at the update's scale (one-sample consistency on
+    every unit, :mod:`gradinv.attacks.certify`; that label is its own). Where per-sample gradients are not available
+    (train-mode BatchNorm after the layer, a withheld batch size, a defense) the whole batch is certified only when
+    every sample is ReLU-consistent and the batch's own update reproduces the observed one, labels from the
+    classifier's gradient.
 
     Args:
-        samples: the submatrix budget (the paper's ``N``); the expected need grows as ``B 2^(B-1)``.
-        zero_tol: an entry of ``L q`` counts as zero below ``zero_tol`` times the largest (the gradient is float32).
-        min_sparsity: a kept direction must zero at least this fraction of the units (ReLU zeroes about half of
-            them per sample at initialisation; a random kernel direction zeroes only ``B - 1``).
+        samples: the submatrix budget (the paper's ``N``; 500,000 is gradinv's own, enough for batches of 16 here);
+            the expected need grows as ``B 2^(B-1)``.
+        zero_tol: an entry of ``L q`` counts as zero below ``zero_tol`` times the largest (gradinv's own, for a
+            float32 gradient).
+        min_sparsity: a kept direction must zero at least this fraction of the units (gradinv's own: ReLU zeroes
+            about half of them per sample at initialisation; a random kernel direction zeroes only ``B - 1``).
         batch_size: the batch size when the threat model withholds it (default: the gradient's numerical rank).
-        label_strategy: label recovery used when the batch is not recovered whole.
+        label_strategy: label recovery for the label counts of a batch not recovered whole.
         seed: seeds the submatrix sampling.
+        max_seconds: stop sampling after this long (``None``: only the sample budget stops it); the attack then
+            returns what it has, uncertified, and says which budget ran out (``info["stopped"]``).
     """
 
     name = "spear"
@@ -221,19 +256,24 @@ class SPEAR(Attack):
         batch_size: int | None = None,
         label_strategy: str = "auto",
         seed: int = 0,
+        max_seconds: float | None = 300.0,
     ) -> None:
+        check_arguments(self, locals())
+        if max_seconds is not None and not max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0 or None, got {max_seconds}")
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         if not 0 < zero_tol < 1:
             raise ValueError(f"zero_tol must be in (0, 1), got {zero_tol}")
         if not 0 < min_sparsity < 1:
             raise ValueError(f"min_sparsity must be in (0, 1), got {min_sparsity}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_positive_int("batch_size", batch_size)
+        check_seed("seed", seed)
         if label_strategy not in label_recovery.names():
             raise ValueError(f"unknown label_strategy {label_strategy!r}; available: {label_recovery.names()}")
         self.samples, self.zero_tol, self.min_sparsity = samples, zero_tol, min_sparsity
         self.batch_size, self.label_strategy, self.seed = batch_size, label_strategy, seed
+        self.max_seconds = max_seconds
 
     def run(self, observation: Observation, callback: Callback | None) -> Result:
         check_single_step(observation, self.name)
@@ -249,44 +289,82 @@ class SPEAR(Attack):
                 f"SPEAR needs more units ({units}) and input entries ({weight_grad.shape[1]}) than the batch ({size})"
             )
         left, right = left[:, :size], right[:size]
+        layer_params = (layer.weight.detach().double(), layer.bias.detach().double())  # type: ignore[union-attr]
+        solved, drawn, candidates, stop = self._search(left, right, bias_grad, layer_params, size)
+        inputs, consistent, agreement, found, gradient_z = solved
+        images = inputs.float().reshape(size, *observation.image_shape)
+        checked = obstacle(observation) is None
+        if checked:
+            per_sample = [gradient_z[:, b] for b in range(size)]
+            ok, labels, errors, evidence = certify_samples(
+                observation, name, images, per_sample, [torch.arange(units)] * size
+            )
+            certified = [a and b for a, b in zip(ok, consistent, strict=True)]
+        else:
+            certified, labels, errors = [False] * size, [UNKNOWN_LABEL] * size, [float("nan")] * size
+            evidence = str(obstacle(observation))
+        evidence = f"ReLU consistency (SPEAR Sec. 4) with all {size} directions found; {evidence}"
+        if not all(consistent):
+            evidence += f"; {stop}"
+        picked = ReadOff(images, certified, labels, evidence, observation.batch_size, checked, whole=all(consistent))
+        result = picked.complete(observation, self.label_strategy)
+        if callback is not None:
+            callback(1, 1, 0.0)
+        result.info.update(
+            relu_consistent=consistent,
+            found=found,
+            batch_size=size,
+            candidates=candidates,
+            samples_drawn=drawn,
+            stopped=stop,
+            relu_agreement=[round(float(a), 6) for a in agreement],
+            consistency_error=[None if e != e else float(f"{e:.3g}") for e in errors],
+        )
+        return result
+
+    def _search(
+        self,
+        left: torch.Tensor,
+        right: torch.Tensor,
+        bias_grad: torch.Tensor,
+        layer_params: tuple[torch.Tensor, torch.Tensor],
+        size: int,
+    ) -> tuple[tuple[torch.Tensor, list[bool], torch.Tensor, int, torch.Tensor], int, int, str]:
+        """Alg. 1: sample submatrices in chunks until every sample passes ReLU consistency, the sample budget is
+        spent or ``max_seconds`` pass. The pool keeps only the sparsest :data:`POOL_PER_SAMPLE` ``* B`` candidates,
+        so each attempt costs the same whatever was drawn before (linear in the samples drawn)."""
+        weight, bias = layer_params
+        if size == 1:  # one sample: Q is a scalar, fixed by the bias gradient
+            one = torch.ones(1, 1, dtype=torch.float64)
+            return solve_batch(left, right, bias_grad, weight, bias, one, self.zero_tol), 0, 1, "one sample"
         generator = torch.Generator().manual_seed(self.seed)
         norms = left.norm(dim=1)
         live = left[norms > self.zero_tol * norms.max()]  # units no sample activated carry no information
         min_zeros = max(size, int(self.min_sparsity * live.shape[0]))
-        weight = layer.weight.detach().double()
-        bias = layer.bias.detach().double()  # type: ignore[union-attr]
-        drawn = 0
-        if size == 1:  # one sample: Q is a scalar, fixed by the bias gradient
-            directions, zeros = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.long)
-            inputs, exact, agreement, found = solve_batch(
-                left, right, bias_grad, weight, bias, directions.T, self.zero_tol
+        directions = left.new_zeros((0, size))
+        zeros = torch.zeros(0, dtype=torch.long)
+        start, drawn, cap = time.perf_counter(), 0, POOL_PER_SAMPLE * size
+        while True:
+            chunk = min(CHUNK, self.samples - drawn)
+            drawn += chunk
+            new, new_zeros = sample_directions(live, chunk, generator, zero_tol=self.zero_tol, min_zeros=min_zeros)
+            directions, zeros = distinct(torch.cat([directions, new]), torch.cat([zeros, new_zeros]))
+            if directions.shape[0] > cap:
+                keep = zeros.argsort(descending=True, stable=True)[:cap]
+                directions, zeros = directions[keep], zeros[keep]
+            solved = solve_batch(
+                left, right, bias_grad, weight, bias, select_directions(directions, zeros, size), self.zero_tol
             )
-        else:
-            pool: list[tuple[torch.Tensor, torch.Tensor]] = []
-            while True:  # sample in chunks; stop once every sample is recovered and certified
-                chunk = min(CHUNK, self.samples - drawn)
-                drawn += chunk
-                pool.append(sample_directions(live, chunk, generator, zero_tol=self.zero_tol, min_zeros=min_zeros))
-                directions, zeros = (torch.cat(parts) for parts in zip(*pool, strict=True))
-                inputs, exact, agreement, found = solve_batch(
-                    left, right, bias_grad, weight, bias, select_directions(directions, zeros, size), self.zero_tol
+            elapsed = time.perf_counter() - start
+            if all(solved[1]):
+                return solved, drawn, int(directions.shape[0]), f"solved after {drawn} samples ({elapsed:.1f} s)"
+            if drawn >= self.samples:
+                return (
+                    solved,
+                    drawn,
+                    int(directions.shape[0]),
+                    f"sample budget of {self.samples} spent ({elapsed:.1f} s)",
                 )
-                if all(exact) or drawn >= self.samples:
-                    break
-        images = inputs.float().reshape(size, *observation.image_shape)
-        found_labels = assign_labels(observation, images) if all(exact) else None
-        labels = (
-            found_labels if found_labels is not None else label_recovery.recover(self.label_strategy, observation, size)
-        )
-        if callback is not None:
-            callback(1, 1, 0.0)
-        info = {
-            "exact": exact,
-            "found": found,
-            "batch_size": size,
-            "candidates": int(directions.shape[0]),
-            "samples_drawn": drawn,
-            "relu_agreement": [round(float(a), 6) for a in agreement],
-            "label_source": "classifier gradient" if found_labels is not None else self.label_strategy,
-        }
-        return Result(denormalize(images, observation.threat.normalization), labels, [], info)
+            if self.max_seconds is not None and elapsed > self.max_seconds:
+                stop = f"time budget of {self.max_seconds:g} s spent after {drawn} samples"
+                return solved, drawn, int(directions.shape[0]), stop

@@ -11,7 +11,8 @@ from torch import nn
 
 from gradinv.attacks.bias_trick import BiasTrick
 from gradinv.attacks.exact import first_linear, malicious_input_shape
-from gradinv.observation import Normalization, ThreatModel
+from gradinv.observation import Normalization, Observation, ThreatModel
+from gradinv.validation import check_arguments, check_seed
 
 
 def trap_rows(out_features: int, in_features: int, scale: float, generator: torch.Generator) -> torch.Tensor:
@@ -49,7 +50,8 @@ class TrapWeights(BiasTrick):
     in ``batch_size`` (the rate that maximises single-sample rows). :meth:`reconstruct` is the bias trick.
 
     Args:
-        scale: factor on the positive weights (smaller: fewer activations).
+        scale: factor on the positive weights (smaller: fewer activations; the paper tunes it by hand, 0.95 is
+            gradinv's own starting point; :meth:`fit` sets it from the server's images).
         seed: seeds the trap weights.
         tol: relative agreement under which two rows count as the same sample.
         label_strategy: label recovery for images when the batch is not recovered whole.
@@ -67,9 +69,11 @@ class TrapWeights(BiasTrick):
         label_strategy: str = "auto",
         batch_size: int | None = None,
     ) -> None:
+        check_arguments(self, locals())
         super().__init__(tol=tol, label_strategy=label_strategy, batch_size=batch_size)
         if not 0 < scale <= 1:
             raise ValueError(f"scale must lie in (0, 1], got {scale}")
+        check_seed("seed", seed)
         self.scale, self.seed = scale, seed
 
     def fit(self, public_images: torch.Tensor, batch_size: int, *, rows: int = 256) -> TrapWeights:
@@ -84,6 +88,15 @@ class TrapWeights(BiasTrick):
             low, high = (mid, high) if rate < 1 / batch_size else (low, mid)
         self.scale = max(high, 1e-6)
         return self
+
+    def check(self, observation: Observation) -> None:
+        """Trap weights exist only in a model a malicious server sent: an honest observation is refused."""
+        if observation.threat.server != "malicious":
+            raise ValueError(
+                "trap_weights reads a model the malicious server built (prepare_model); this observation was made "
+                'under server="honest": use bias_trick for an honest server'
+            )
+        super().check(observation)
 
     def prepare_model(
         self, model: nn.Module, threat: ThreatModel, *, image_shape: tuple[int, int, int] | None = None

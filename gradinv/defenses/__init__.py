@@ -15,6 +15,7 @@ from gradinv.defenses.quantize import Quantize
 from gradinv.defenses.sign import Sign
 from gradinv.defenses.soteria import Soteria
 from gradinv.defenses.topk import TopK
+from gradinv.validation import check_known_options
 
 REGISTRY: dict[str, tuple[type[Defense], str]] = {
     "dpsgd": (DPSGD, "DP-SGD (Abadi et al. 2016) via Opacus: per-sample clipping + Gaussian noise; epsilon reported"),
@@ -44,10 +45,8 @@ def make(name: str, **kwargs: Any) -> Defense:
     """Build a registered defense with keyword parameters."""
     if name not in REGISTRY:
         raise ValueError(f"unknown defense {name!r}; available: {', '.join(names())}")
-    try:
-        return REGISTRY[name][0](**kwargs)
-    except TypeError as err:
-        raise TypeError(f"defense {name!r}: {err}") from err
+    check_known_options(REGISTRY[name][0], kwargs)
+    return REGISTRY[name][0](**kwargs)
 
 
 __all__ = [

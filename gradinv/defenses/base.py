@@ -20,6 +20,7 @@ class Defense:
     """
 
     name: ClassVar[str]
+    kind: ClassVar[str] = "defense"
 
     def apply(self, update: dict[str, torch.Tensor], *, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The update the defended client shares instead of ``update`` (not modified in place)."""

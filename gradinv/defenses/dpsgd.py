@@ -12,6 +12,7 @@ from torch import nn
 
 from gradinv.defenses.base import Defense
 from gradinv.observation import ThreatModel
+from gradinv.validation import check_arguments
 
 
 def _opacus() -> Any:
@@ -81,6 +82,7 @@ class DPSGD(Defense):
         steps: int = 1000,
         delta: float = 1e-5,
     ) -> None:
+        check_arguments(self, locals())
         if noise_multiplier < 0 or max_grad_norm <= 0:
             raise ValueError(
                 f"noise_multiplier must be >= 0 and max_grad_norm > 0, got {noise_multiplier}, {max_grad_norm}"

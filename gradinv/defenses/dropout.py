@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradinv.defenses.base import Defense
+from gradinv.validation import check_arguments
 
 
 class DroppedLinear(nn.Linear):
@@ -62,6 +63,7 @@ class Dropout(Defense):
     name = "dropout"
 
     def __init__(self, *, p: float = 0.5, where: str = "classifier") -> None:
+        check_arguments(self, locals())
         if not 0 <= p < 1:
             raise ValueError(f"dropout rate p must lie in [0, 1), got {p}")
         if where not in ("classifier", "linear"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from gradinv.defenses.base import Defense
+from gradinv.validation import check_arguments
 
 
 def mixing(
@@ -79,6 +80,7 @@ class MixUp(Defense):
     name = "mixup"
 
     def __init__(self, *, k: int = 4, upper_bound: float = 0.65, lower_bound: float = 0.0) -> None:
+        check_arguments(self, locals())
         check_mixing(k, upper_bound, lower_bound)
         self.k, self.upper_bound, self.lower_bound = k, upper_bound, lower_bound
 

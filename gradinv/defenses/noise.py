@@ -7,6 +7,7 @@ import math
 import torch
 
 from gradinv.defenses.base import Defense
+from gradinv.validation import check_arguments
 
 
 def add_noise(
@@ -38,6 +39,7 @@ class Noise(Defense):
     name = "noise"
 
     def __init__(self, *, std: float = 1e-2, distribution: str = "gaussian") -> None:
+        check_arguments(self, locals())
         if not std >= 0:
             raise ValueError(f"noise std must be >= 0, got {std}")
         if distribution not in ("gaussian", "laplacian"):

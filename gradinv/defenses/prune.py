@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from gradinv.defenses.base import Defense
+from gradinv.validation import check_arguments
 
 
 def prune_smallest(update: dict[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
@@ -32,6 +33,7 @@ class Prune(Defense):
     name = "prune"
 
     def __init__(self, *, ratio: float = 0.9) -> None:
+        check_arguments(self, locals())
         if not 0 <= ratio < 1:
             raise ValueError(f"prune ratio must lie in [0, 1), got {ratio}")
         self.ratio = ratio

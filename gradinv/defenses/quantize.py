@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from gradinv.defenses.base import Defense
+from gradinv.validation import check_arguments
 
 
 def quantize_uniform(update: dict[str, torch.Tensor], bits: int) -> dict[str, torch.Tensor]:
@@ -36,6 +37,7 @@ class Quantize(Defense):
     name = "quantize"
 
     def __init__(self, *, bits: int = 4) -> None:
+        check_arguments(self, locals())
         if not isinstance(bits, int) or not 1 <= bits <= 16:
             raise ValueError(f"bits must be an integer in [1, 16], got {bits!r}")
         self.bits = bits

@@ -11,6 +11,7 @@ from torch import nn
 from gradinv.defenses.base import Defense
 from gradinv.models import layer_input
 from gradinv.observation import ThreatModel
+from gradinv.validation import check_arguments
 
 
 def representation_sensitivity(model: nn.Module, layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -44,6 +45,7 @@ class Soteria(Defense):
     name = "soteria"
 
     def __init__(self, *, pruning_rate: float = 80.0) -> None:
+        check_arguments(self, locals())
         if not 0 <= pruning_rate < 100:
             raise ValueError(f"pruning_rate is a percentage in [0, 100), got {pruning_rate}")
         self.pruning_rate = pruning_rate

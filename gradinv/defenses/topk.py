@@ -9,6 +9,7 @@ import torch
 
 from gradinv.defenses.base import Defense
 from gradinv.defenses.prune import prune_smallest
+from gradinv.validation import check_arguments
 
 
 def keep_top(update: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
@@ -36,6 +37,7 @@ class TopK(Defense):
     name = "topk"
 
     def __init__(self, *, fraction: float = 0.01, scope: str = "global") -> None:
+        check_arguments(self, locals())
         if not 0 < fraction <= 1:
             raise ValueError(f"topk fraction must lie in (0, 1], got {fraction}")
         if scope not in ("global", "tensor"):

@@ -99,6 +99,7 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     shown = torch.zeros_like(images)
     seconds, steps, chain = [], [], []
+    label_counts: list[float | None] = []
     for batch in range(images.shape[0] // b):
         x, y = images[batch * b : (batch + 1) * b], labels[batch * b : (batch + 1) * b]
         chain = [defenses.make(name, **params) for name, params in config["defenses"]]  # fresh: DP-SGD accounting
@@ -106,6 +107,7 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
         client_seed = config["seed"] * 100_003 + batch
         rec = attack.reconstruct(observe(model, x, y, threat=threat, seed=client_seed, defenses=chain))
         scores = metrics.score(rec, x, y)
+        label_counts.append(scores.get("label_count_acc"))
         encoded, _ = encode_batch(x, y, config["num_classes"], chain, seed=client_seed)
         # PSNR of each returned image against the encoding it is closest to (MixUp/InstaHide), by returned image
         by_match = {} if encoded is x else {e["match"]: e["psnr"] for e in metrics.score(rec, encoded)["per_image"]}
@@ -125,11 +127,14 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
                     "label_ok": label_ok,
                     "exact": int(entry["max_abs_error"] < metrics.EXACT_TOLERANCE),
                     "encoding_psnr": by_match.get(entry["match"]),
+                    "certified": int(entry["certified"]),
                 }
             )
         matched = {e["index"] for e in scores["per_image"]}
         rows += [  # originals the attack returned no image for: recorded, unscored
-            {"image": batch * b + i, "batch": batch, "exact": 0} for i in range(x.shape[0]) if i not in matched
+            {"image": batch * b + i, "batch": batch, "exact": 0, "certified": 0}
+            for i in range(x.shape[0])
+            if i not in matched
         ]
     rows.sort(key=lambda r: r["image"])
     per_batch = statistics.fmean(seconds)
@@ -137,6 +142,8 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
         **{m: _stats([r.get(m) for r in rows]) for m in ("psnr", "ssim", "lpips", "encoding_psnr")},
         "label_acc": present_mean([r.get("label_ok") for r in rows]),
         "exact_fraction": statistics.fmean(r["exact"] for r in rows),
+        "certified_fraction": statistics.fmean(r["certified"] for r in rows),
+        "label_count_acc": present_mean(label_counts),
         "matched_fraction": sum(r.get("psnr") is not None for r in rows) / len(rows),
         "attack_seconds_per_batch": per_batch,
         "attack_iterations": statistics.fmean(steps),

@@ -58,6 +58,22 @@ GRID_KEYS = {
     "protected_psnr": 20.0,
 }
 UTILITY_KEYS = {"dataset": None, "epochs": 1, "n": 1000, "batch_size": 32, "lr": 0.05, "seed": 0}
+GRID_RANGES = {
+    "size": (8, 512),  # the smallest bundled images are 8x8; SSIM's window and the zoo's convolutions need some room
+    "channels": (1, 3),
+    "num_classes": (2, 100_000),
+    "images": (1, 100_000),
+    "client_images": (1, 10**12),
+    "pretrain_epochs": (0, 1000),
+    "protected_psnr": (0.0, 1000.0),
+}
+UTILITY_RANGES = {
+    "epochs": (1, 1000),
+    "n": (2, 10**7),
+    "batch_size": (1, 10**6),
+    "lr": (1e-12, 100.0),
+    "seed": (0, 2**63 - 1),
+}
 SECTIONS = ("grid", "utility", "models", "threats", "attacks", "defenses")
 
 
@@ -194,6 +210,14 @@ class _Reader:
         if not isinstance(given, list) or not given or not all(isinstance(e, dict) for e in given):
             raise self.fail(name, 0, None, f"the grid needs at least one [[{name}]] entry")
         return given
+
+
+def _ranges(reader: _Reader, table: str, values: dict[str, Any], ranges: dict[str, tuple[float, float]]) -> None:
+    """Every numeric value of ``[table]`` inside its range (NaN and infinities never are), before anything runs."""
+    for key, (low, high) in ranges.items():
+        value = values.get(key)
+        if value is not None and not low <= value <= high:
+            raise reader.fail(table, 0, key, f"{key} must lie in [{low:g}, {high:g}], got {value!r}")
 
 
 def _label(name: str, params: dict[str, Any]) -> str:
@@ -365,6 +389,7 @@ def load_grid(path: str | Path) -> Grid:
         if section not in SECTIONS:
             raise reader.fail(section, 0, None, f"unknown section; expected some of {', '.join(SECTIONS)}")
     settings = reader.table("grid", GRID_KEYS)
+    _ranges(reader, "grid", settings, GRID_RANGES)
     if settings["data"] not in data.REGISTRY:
         raise reader.fail(
             "grid", 0, "data", f"unknown dataset {settings['data']!r}; available: {', '.join(data.names())}"
@@ -377,11 +402,15 @@ def load_grid(path: str | Path) -> Grid:
             raise reader.fail(
                 "grid", 0, "batch_sizes", f"batch size {b!r} must be a positive integer dividing images = {images}"
             )
-    if not settings["seeds"] or not all(isinstance(s, int) for s in settings["seeds"]):
-        raise reader.fail("grid", 0, "seeds", "seeds must be a non-empty list of integers")
+    if settings["channels"] == 2:
+        raise reader.fail("grid", 0, "channels", "channels must be 1 (grey) or 3 (RGB), got 2")
+    seeds = settings["seeds"]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds):
+        raise reader.fail("grid", 0, "seeds", "seeds must be a non-empty list of integers in [0, 2**63)")
     utility = None
     if "utility" in reader.doc:
         utility = reader.table("utility", UTILITY_KEYS)
+        _ranges(reader, "utility", utility, UTILITY_RANGES)
         if utility["dataset"] not in data.REGISTRY:
             raise reader.fail("utility", 0, "dataset", f"unknown dataset {utility['dataset']!r}")
         if utility["epochs"] < 1 or utility["n"] < 2 or utility["batch_size"] < 1:

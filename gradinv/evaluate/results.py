@@ -11,7 +11,7 @@ from typing import Any
 from gradinv.evaluate.store import Store
 
 COLUMNS = ("model", "threat_label", "batch_size", "attack", "defense_label", "images", "failed", "matched", "psnr",
-           "psnr_std", "ssim", "label_acc", "exact", "encoding_psnr", "accuracy", "seconds", "inversions",
+           "psnr_std", "ssim", "label_acc", "exact", "certified", "encoding_psnr", "accuracy", "seconds", "inversions",
            "cost_seconds")  # fmt: skip
 
 

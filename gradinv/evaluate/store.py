@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS images (
     label_ok INTEGER,                -- 1/0, NULL when the attack returns no labels
     exact INTEGER,
     encoding_psnr REAL,              -- against the encoding the client trained on (MixUp/InstaHide), else NULL
+    certified INTEGER,               -- 1/0: the attack certified the image matched to this original
     PRIMARY KEY (key, image)
 );
 CREATE TABLE IF NOT EXISTS utility (
@@ -37,7 +38,9 @@ CREATE TABLE IF NOT EXISTS utility (
     detail TEXT NOT NULL
 );
 """
-IMAGE_COLUMNS = ("image", "batch", "psnr", "ssim", "mse", "lpips", "label_ok", "exact", "encoding_psnr")
+IMAGE_COLUMNS = (
+    "image", "batch", "psnr", "ssim", "mse", "lpips", "label_ok", "exact", "encoding_psnr", "certified"
+)  # fmt: skip
 
 
 class Store:
@@ -49,6 +52,10 @@ class Store:
         self.db = sqlite3.connect(self.path, timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(images)")}
+        for column in IMAGE_COLUMNS:
+            if column not in present:  # a database written by an older gradinv: resumable, the column left NULL
+                self.db.execute(f"ALTER TABLE images ADD COLUMN {column} INTEGER")
 
     def close(self) -> None:
         self.db.close()

@@ -116,13 +116,44 @@ def bn_statistics(model: nn.Module, inputs: torch.Tensor) -> dict[str, tuple[tor
     return stats
 
 
+def check_model(model: object, images: torch.Tensor) -> None:
+    """A model a client can train and share: an ``nn.Module`` whose parameters all train, in the images' dtype.
+
+    Raises:
+        TypeError: not an ``nn.Module``, or parameters of another dtype than the images.
+        ValueError: no parameters, or frozen ones (the update would not cover them).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    params = list(model.named_parameters())
+    if not params:
+        raise ValueError("the model has no parameters: a client would have no update to share")
+    frozen = [n for n, p in params if not p.requires_grad]
+    if frozen:
+        raise ValueError(
+            f"the model has frozen parameters ({', '.join(frozen[:3])}{'...' if len(frozen) > 3 else ''}): gradinv's "
+            "clients share an update of every parameter; unfreeze them (requires_grad_(True))"
+        )
+    dtypes = {p.dtype for _, p in params}
+    if dtypes != {images.dtype}:
+        raise TypeError(
+            f"images are {images.dtype} but the model's parameters are {', '.join(sorted(map(str, dtypes)))}: "
+            "convert one to the other (images.float() or model.double())"
+        )
+
+
 def num_outputs(model: nn.Module, image_shape: tuple[int, ...]) -> int:
     """The number of classes the model predicts, from one forward pass in eval mode."""
     probe = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        out = probe(torch.zeros(1, *image_shape))
-    if out.dim() != 2:
-        raise ValueError(f"the model must output (N, num_classes) logits, got shape {tuple(out.shape)}")
+    dtype = next(probe.parameters()).dtype if any(True for _ in probe.parameters()) else torch.float32
+    try:
+        with torch.no_grad():
+            out = probe(torch.zeros(1, *image_shape, dtype=dtype))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ValueError(f"the model does not accept inputs of shape (N, *{tuple(image_shape)}): {err}") from err
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the model must output (N, num_classes) logits, got {found}")
     return int(out.shape[1])
 
 
@@ -196,14 +227,16 @@ def observe(
     if not isinstance(threat, ThreatModel):
         raise TypeError(f"threat must be a gi.ThreatModel, got {type(threat).__name__}")
     images = check_images(images)
+    check_model(model, images)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    if not isinstance(defenses, list | tuple):
+        raise TypeError(f"defenses must be a list of gi.defenses objects, got {type(defenses).__name__}")
     trainer = client_trainer(defenses)
     for defense in defenses:
         model = defense.prepare_model(model)
     image_shape = tuple(images.shape[1:])
-    try:
-        num_classes = num_outputs(model, image_shape)
-    except RuntimeError as err:
-        raise ValueError(f"the model does not accept inputs of shape (N, *{image_shape}): {err}") from err
+    num_classes = num_outputs(model, image_shape)
     labels = check_labels(labels, images.shape[0], num_classes)
     images, targets = encode_batch(images, labels, num_classes, defenses, seed)
     inputs = normalize(images, threat.normalization)

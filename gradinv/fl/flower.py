@@ -214,7 +214,7 @@ class CuriousStrategy(Strategy):
         examples = sum(int(fit.num_examples) for fit in fits)
         kinds = {str(m.get("update", "weights")) for m in metrics}
         if kinds == {"gradient"}:  # the client sent its gradient in place of weights (FedSGD)
-            threat = replace(self.threat, update="gradient")
+            threat = self.threat.as_gradient()
             update = by_parameter(after, self.keys, model)
         elif kinds == {"weights"}:
             if any("lr" not in m for m in metrics):

@@ -8,7 +8,7 @@ import torch
 
 
 def label_accuracy(predicted: torch.Tensor, true: torch.Tensor) -> float:
-    """Fraction of positions where the (already matched) labels agree."""
+    """Fraction of positions where the (already matched) labels agree (an unknown label, -1, never does)."""
     if predicted.shape != true.shape:
         raise ValueError(f"label shapes differ: {tuple(predicted.shape)} vs {tuple(true.shape)}")
     return float((predicted.long() == true.long()).double().mean())

@@ -72,6 +72,10 @@ def write_run(
             "config": rec.config,
             "info": rec.info,
             "steps": len(rec.trace),
+            "certified": rec.certified,
+            "certificate": rec.certificate,
+            "labels": None if rec.labels is None else rec.labels.tolist(),
+            "label_counts": None if rec.label_counts is None else rec.label_counts.tolist(),
         }
     atomic_write(folder / "reconstruction.png", lambda tmp: figures.reconstruction_grid(originals, rows, tmp))
     atomic_write(folder / "loss.png", lambda tmp: figures.loss_curves(traces, tmp))

@@ -54,6 +54,7 @@ def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[
             ssim=present_mean([r["ssim"] for r in images]),
             label_acc=present_mean([r["label_ok"] for r in images]),
             exact=present_mean([r["exact"] for r in images]),
+            certified=present_mean([r.get("certified") for r in images]),
             encoding_psnr=present_mean([r["encoding_psnr"] for r in images]),
             accuracy=None if utility is None else utility["accuracy"],
             seconds=present_mean([c["summary"]["attack_seconds_per_batch"] for c in done]),

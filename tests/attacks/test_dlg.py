@@ -1,23 +1,48 @@
-"""DLG and iDLG reach the papers' quality on the DLG LeNet (sigmoid), batch 1, real photographs."""
+"""DLG and iDLG on DLG's sigmoid LeNet, batch 1: four real photographs at initialisation, four digits on a trained
+network. The counts asserted are the README's."""
+
+import pytest
+import torch
 
 import gradinv as gi
 
-
-def test_dlg_recovers_image_and_label(lenet_cat) -> None:
-    # Prepare
-    images, labels = lenet_cat.images, lenet_cat.labels
-    # Execute: DLG with its joint dummy label (L-BFGS, lr 1, 100 steps; shared with the defense tests)
-    rec = lenet_cat.dlg
-    scores = gi.metrics.score(rec, images, labels)
-    # Assert
-    assert scores["psnr"] >= 30.0, scores
-    assert scores["label_acc"] == 1.0
-    assert rec.residual["rel_l2"] < 1e-2  # the residual certifies what ground truth confirms
-    assert rec.info["label_source"] == "joint optimisation"
+PHOTOS = {"astronaut": 0, "cat": 1, "coffee": 2, "rocket": 3}
+VARIANTS = {"idlg": ("idlg", {}), "dlg": ("dlg", {}), "dlg-wolfe": ("dlg", {"line_search": "strong_wolfe"})}
 
 
-def test_idlg_recovers_image_with_the_exact_label(lenet_cat) -> None:
-    rec = lenet_cat.idlg  # 100 steps, shared with the defense tests
-    scores = gi.metrics.score(rec, lenet_cat.images, lenet_cat.labels)
-    assert scores["psnr"] >= 30.0, scores
-    assert scores["label_acc"] == 1.0 and rec.info["label_source"] == "idlg"
+def _successes(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, variant: str) -> list[float]:
+    """PSNR of each image's reconstruction (100 L-BFGS steps, labels withheld), and asserts every label is right
+    where the image is recovered."""
+    name, options = VARIANTS[variant]
+    psnrs = []
+    for i in range(images.shape[0]):
+        obs = gi.observe(model, images[i : i + 1], labels[i : i + 1], threat=gi.ThreatModel(bn_mode="eval"))
+        rec = gi.attacks.make(name, steps=100, seed=0, **options).reconstruct(obs)
+        scores = gi.metrics.score(rec, images[i : i + 1], labels[i : i + 1])
+        if scores["psnr"] > 30:
+            assert scores["label_acc"] == 1.0 and not any(rec.certified), (variant, i, scores)
+        psnrs.append(scores["psnr"])
+    return psnrs
+
+
+@pytest.mark.parametrize("variant, wins", [("idlg", 4), ("dlg", 3), ("dlg-wolfe", 4)])
+def test_on_four_photographs_at_initialisation(variant: str, wins: int) -> None:
+    # Prepare: astronaut, cat, coffee, rocket at 16x16 through the untrained LeNet
+    images, labels = gi.data.load("skimage", indices=list(PHOTOS.values()), size=16)
+    model = gi.models.make("lenet", image_shape=(3, 16, 16), seed=0)
+    # Execute
+    psnrs = _successes(model, images, labels, variant)
+    # Assert: the README's count of images above 30 dB (a lower bound: trajectories differ in the last bits
+    # across machines). The paper's fixed-step L-BFGS with joint labels diverges on the astronaut.
+    assert sum(p > 30 for p in psnrs) >= wins, psnrs
+
+
+@pytest.mark.parametrize("variant, wins", [("idlg", 1), ("dlg-wolfe", 3)])
+def test_on_a_trained_lenet(trained, variant: str, wins: int) -> None:
+    # Prepare: four held-out digits through the LeNet trained for 5 epochs (test accuracy ~0.87)
+    assert trained.lenet.accuracy > 0.8
+    # Execute
+    psnrs = _successes(trained.lenet.model, trained.images[:4], trained.labels[:4], variant)
+    # Assert: training makes the attack much harder (at initialisation the same digits all come back); the
+    # line search keeps 3 of 4, iDLG's fixed steps 1 of 4 (and the paper's DLG none, see benchmarks/)
+    assert sum(p > 30 for p in psnrs) >= wins, psnrs

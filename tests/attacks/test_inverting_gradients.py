@@ -14,25 +14,41 @@ def _mean_colour(images: torch.Tensor) -> torch.Tensor:
     return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("photo_index", [1])  # chelsea (the cat); coffee (2) passes too, left out for CI time
-def test_inverting_gradients_on_convnet(photo_index: int) -> None:
-    # Prepare: the client's BN in eval mode, as in the paper's experiments; labels withheld (recovered by iDLG)
-    images, labels = gi.data.load("skimage", indices=[photo_index], size=32)
-    model = gi.models.make("convnet", width=16, seed=0)
-    threat = gi.ThreatModel(knows_labels=False, bn_mode="eval", normalization=CIFAR_NORM)
-    obs = gi.observe(model, images, labels, threat=threat)
-    attack = gi.attacks.make("inverting_gradients", steps=1000, seed=0)
-    start = gi.attacks.make("inverting_gradients", steps=1, lr=1e-12, seed=0).reconstruct(obs)
+def _beats_mean_colour(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, norm) -> list[tuple]:
+    """Per image: (PSNR, SSIM) of a 500-step Inverting Gradients reconstruction (client BN in eval mode, labels
+    withheld and recovered by iDLG) and of the image's own mean colour, the baseline."""
+    out = []
+    for i in range(images.shape[0]):
+        x, y = images[i : i + 1], labels[i : i + 1]
+        obs = gi.observe(model, x, y, threat=gi.ThreatModel(bn_mode="eval", normalization=norm))
+        rec = gi.attacks.make("inverting_gradients", steps=500, seed=0).reconstruct(obs)
+        scores = gi.metrics.score(rec, x, y)
+        assert scores["label_acc"] == 1.0 and not any(rec.certified)
+        base = gi.metrics.score(gi.Reconstruction(images=_mean_colour(x), labels=None, trace=[], seconds=0), x)
+        out.append((scores["psnr"], scores["ssim"], base["psnr"], base["ssim"]))
+    return out
+
+
+def test_inverting_gradients_on_four_photographs() -> None:
+    # Prepare: astronaut, cat, coffee, rocket (16x16) through the IG ConvNet (width 16) at initialisation
+    images, labels = gi.data.load("skimage", indices=[0, 1, 2, 3], size=16)
+    model = gi.models.make("convnet", width=16, image_shape=(3, 16, 16), seed=0)
     # Execute
-    rec = attack.reconstruct(obs)
-    scores = gi.metrics.score(rec, images, labels)
-    # Assert
-    base = gi.metrics.score(gi.Reconstruction(images=_mean_colour(images), labels=None, trace=[], seconds=0), images)
-    first = gi.metrics.score(start, images)
-    assert scores["psnr"] > base["psnr"] + 1.0 and scores["psnr"] > first["psnr"] + 6.0, (scores, base, first)
-    assert scores["ssim"] > max(base["ssim"] + 0.2, 2 * base["ssim"]) and scores["label_acc"] == 1.0
-    assert rec.residual["rel_l2"] < start.residual["rel_l2"]
+    results = _beats_mean_colour(model, images, labels, CIFAR_NORM)
+    # Assert: the README's "4 of 4 beat their mean colour by > 1 dB PSNR and > 0.2 SSIM" (at least 3 here:
+    # trajectories differ in the last bits across machines)
+    wins = [p > bp + 1.0 and s > bs + 0.2 for p, s, bp, bs in results]
+    assert sum(wins) >= 3, results
+
+
+def test_inverting_gradients_on_a_trained_convnet(trained) -> None:
+    # Prepare: four held-out digits through the ConvNet trained for 2 epochs (test accuracy ~0.92)
+    assert trained.convnet.accuracy > 0.85
+    # Execute
+    results = _beats_mean_colour(trained.convnet.model, trained.images[:4], trained.labels[:4], ((0.5,), (0.25,)))
+    # Assert: the README's finding: after training, 500 steps recover structure (SSIM well above the mean grey's)
+    # but no digit beats the mean grey in PSNR (at initialisation the same budget does)
+    assert all(s > bs + 0.05 for _, s, _, bs in results), results
 
 
 def test_fedavg_variant_matches_the_unrolled_update() -> None:

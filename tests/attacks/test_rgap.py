@@ -24,9 +24,9 @@ def test_rgap_is_exact_on_the_rank_sufficient_cnn6(seed: int, head_bias: bool) -
     # Execute
     rec = gi.attacks.make("rgap").reconstruct(obs)
     scores = gi.metrics.score(rec, images, labels)
-    # Assert: above 60 dB (the paper's bar), every layer rank-sufficient, certified by the gradient residual
+    # Assert: above 60 dB (the paper's bar), every layer rank-sufficient at the answer, so certified
     assert scores["psnr"] > 60 and scores["label_acc"] == 1.0
-    assert rec.info["rank_sufficient"] and rec.residual["rel_l2"] < 1e-4
+    assert rec.info["rank_sufficient"] and rec.residual["rel_l2"] < 1e-4 and rec.certified == [True]
 
 
 def test_rgap_degrades_where_the_rank_analysis_says_so() -> None:
@@ -49,9 +49,12 @@ def test_rgap_degrades_where_the_rank_analysis_says_so() -> None:
     assert not first.sufficient and first.rank < 768 and all(r.sufficient for r in report[1:])
     assert not narrow_rec.info["rank_sufficient"]
     # exact vs measurably worse, although the deficient answer reproduces the gradient: the gradient does not
-    # determine the input there, so the residual alone cannot certify it
+    # determine the input there, so it is never certified, whatever its residual
     assert psnr["full"] > 60 and psnr["narrow"] < 45 and psnr["full"] - psnr["narrow"] > 20
-    assert narrow_rec.residual["rel_l2"] < 1e-3
+    assert narrow_rec.residual["rel_l2"] < 1e-3 and narrow_rec.certified == [False]
+    assert "rank-deficient at the answer ('body.0' rank" in narrow_rec.certificate
+    first_at_answer = narrow_rec.info["ranks"][0]
+    assert first_at_answer["unknowns"] == 768 and not first_at_answer["sufficient"]
 
 
 def test_rgap_inverts_the_sigmoid_lenet_of_dlg() -> None:
@@ -60,6 +63,7 @@ def test_rgap_inverts_the_sigmoid_lenet_of_dlg() -> None:
     obs = gi.observe(model, images, labels, threat=gi.ThreatModel(normalization=NORM))
     rec = gi.attacks.make("rgap").reconstruct(obs)
     assert gi.metrics.score(rec, images, labels)["psnr"] > 60 and torch.equal(rec.labels, labels)
+    assert rec.certified == [True] and rec.info["rank_sufficient"]
 
 
 def test_rgap_reads_one_local_step_and_refuses_more() -> None:

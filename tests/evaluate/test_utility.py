@@ -11,20 +11,35 @@ def _mlp():
     return gi.models.make("mlp", image_shape=(1, 8, 8), hidden=(64,), seed=0)
 
 
+def _mean_accuracy(defense: str | None, **options: float) -> tuple[float, gi.evaluate.Utility]:
+    """Mean test accuracy over 3 seeds (split, order and noise): single runs with heavy noise are chaotic (std 1
+    gave 0.67-0.87 across seeds here), their mean is not."""
+    runs = [
+        gi.evaluate.utility(
+            _mlp,
+            "digits",
+            [gi.defenses.make(defense, **options)] if defense else [],
+            epochs=3,
+            n=1797,
+            size=8,
+            normalization=NORM,
+            seed=seed,
+        )
+        for seed in range(3)
+    ]
+    return sum(r.accuracy for r in runs) / 3, runs[0]
+
+
 def test_utility_prices_a_defense_in_accuracy() -> None:
     # Prepare / Execute: scikit-learn digits (1797 real 8x8 images), 3 epochs, with and without heavy noise
-    clean = gi.evaluate.utility(_mlp, "digits", [], epochs=3, n=1797, size=8, normalization=NORM)
-    noisy = gi.evaluate.utility(
-        _mlp, "digits", [gi.defenses.make("noise", std=1.0)], epochs=3, n=1797, size=8, normalization=NORM
-    )
-    pruned = gi.evaluate.utility(
-        _mlp, "digits", [gi.defenses.make("prune", ratio=0.9)], epochs=3, n=1797, size=8, normalization=NORM
-    )
+    clean, first = _mean_accuracy(None)
+    noisy, noisy_run = _mean_accuracy("noise", std=1.0)
+    pruned, _ = _mean_accuracy("prune", ratio=0.9)
     # Assert: the clean model learns (chance is 0.1), noise of std 1 costs > 10 points, 90% pruning costs < 10
-    assert clean.accuracy > 0.9 and clean.n_test == 359 and clean.steps == 3 * (1438 // 32)
-    assert noisy.accuracy < clean.accuracy - 0.1
-    assert pruned.accuracy > clean.accuracy - 0.1
-    assert noisy.defenses == [{"name": "noise", "std": 1.0, "distribution": "gaussian"}]
+    assert clean > 0.9 and first.n_test == 359 and first.steps == 3 * (1438 // 32)
+    assert noisy < clean - 0.1
+    assert pruned > clean - 0.1
+    assert noisy_run.defenses == [{"name": "noise", "std": 1.0, "distribution": "gaussian"}]
 
 
 def test_utility_rejects_bad_settings() -> None:

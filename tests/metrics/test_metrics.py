@@ -126,3 +126,47 @@ def test_psnr_matching_keeps_exact_pairs_that_mse_matching_trades_away() -> None
     # Assert: MSE matching swaps (total 6 s^2 < 12 s^2) and loses the exact pair; PSNR matching keeps it
     assert by_mse.tolist() == [1, 0]
     assert by_psnr.tolist() == [0, 1]
+
+
+def test_scores_count_unknown_labels_as_wrong_and_take_the_attacks_label_counts(pair) -> None:
+    # Prepare: the right images in shuffled order, one label unknown, the batch's label counts given separately
+    images, _ = pair
+    labels = torch.tensor([0, 1, 1, 2])
+    order = torch.tensor([2, 0, 3, 1])
+    predicted = labels[order].clone()
+    predicted[1] = -1  # the attack could not tell the class of its second image (original 0)
+    counts = torch.bincount(labels, minlength=3)
+    rec = gi.Reconstruction(
+        images=images[order], labels=predicted, trace=[], seconds=0, certified=[True, False, True, False],
+        label_counts=counts,
+    )  # fmt: skip
+    # Execute
+    scores = gi.metrics.score(rec, images, labels)
+    # Assert: labels follow their images through the matching; -1 is wrong; counts come from label_counts
+    assert scores["label_acc"] == 0.75 and scores["labels_known"] == 0.75 and scores["label_count_acc"] == 1.0
+    assert scores["certified_fraction"] == 0.5 and scores["certified_not_exact"] == 0
+    assert [e["label_pred"] for e in scores["per_image"]] == [None, 1, 1, 2]
+    assert [e["certified"] for e in scores["per_image"]] == [False, False, True, True]
+
+
+def test_a_certified_image_that_is_wrong_is_counted(pair) -> None:
+    images, noisy = pair
+    rec = gi.Reconstruction(images=noisy, labels=None, trace=[], seconds=0, certified=[True, False, False, False])
+    assert gi.metrics.score(rec, images)["certified_not_exact"] == 1
+
+
+@pytest.mark.parametrize(
+    "labels, predicted, error, message",
+    [
+        (torch.tensor([0, 1, 2, 3, 4]), None, ValueError, r"labels must have shape \(4,\)"),
+        (torch.tensor([0.0, 1.0, 1.0, 2.0]), None, TypeError, "integer class indices"),
+        (torch.tensor([0, 1, 1, 2]), torch.tensor([0.5, 1.0, 1.0, 2.0]), TypeError, "reconstruction.labels"),
+        (torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1]), ValueError, r"reconstruction.labels must have shape"),
+        (torch.tensor([0, -1, 1, 2]), None, ValueError, "labels must be >= 0"),
+    ],
+)
+def test_score_rejects_labels_that_do_not_fit(pair, labels, predicted, error, message) -> None:
+    images, noisy = pair
+    rec = gi.Reconstruction(images=noisy, labels=predicted, trace=[], seconds=0)
+    with pytest.raises(error, match=message):
+        gi.metrics.score(rec, images, labels)

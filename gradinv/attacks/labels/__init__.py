@@ -73,7 +73,15 @@ def recover(strategy: str, observation: Observation, n: int) -> torch.Tensor:
             f"the last nn.Linear ({weight_name}) has {weight.shape[0]} outputs, the model {observation.num_classes}"
         )
     bias = observation.update[bias_name] if bias_name else None
+    if not bool(weight.abs().max() > 0) and (bias is None or not bool(bias.abs().max() > 0)):
+        raise ValueError(f"the classifier's update ({weight_name}) is zero: it carries no label information")
     return REGISTRY[strategy][0](weight.detach(), None if bias is None else bias.detach(), n)
 
 
-__all__ = ["classifier", "describe", "idlg_label", "llg_labels", "names", "recover", "yin_labels"]
+def label_counts(observation: Observation, n: int, strategy: str = "auto") -> torch.Tensor:
+    """``(K,)`` counts of each class among the batch's ``n`` labels (``auto``: LLG, repeats allowed; iDLG for one
+    sample): the batch's labels without saying which image has which."""
+    return torch.bincount(recover(strategy, observation, n), minlength=observation.num_classes)
+
+
+__all__ = ["classifier", "describe", "idlg_label", "label_counts", "llg_labels", "names", "recover", "yin_labels"]
