@@ -140,10 +140,15 @@ def check_arguments(owner: object, values: dict[str, object]) -> None:
     """Check the keyword arguments of ``type(owner).__init__`` found in ``values`` (a constructor's ``locals()``)
     against their annotations (:func:`check_value`), naming the owner and the option in any error."""
     cls = type(owner)
-    init = cls.__init__  # type: ignore[misc]
-    hints = typing.get_type_hints(init)
     label = f"{getattr(cls, 'kind', cls.__name__)} {getattr(cls, 'name', cls.__name__)!r}"
-    for name in inspect.signature(init).parameters:
+    check_call(label, cls.__init__, values)  # type: ignore[misc]
+
+
+def check_call(label: str, function: typing.Callable[..., object], values: dict[str, object]) -> None:
+    """Check the arguments of ``function`` found in ``values`` (its ``locals()``) against their annotations, naming
+    ``label`` and the argument in any error."""
+    hints = typing.get_type_hints(function)
+    for name in inspect.signature(function).parameters:
         if name != "self" and name in values and name in hints:
             check_value(f"{label}: option {name}", values[name], hints[name])
 

@@ -196,7 +196,7 @@ def _frozen() -> nn.Module:
 
 
 MODELS = [
-    (lambda: (lambda x: x), TypeError, "torch.nn.Module"),
+    (lambda: lambda x: x, TypeError, "torch.nn.Module"),
     (_NoParams, ValueError, "no parameters"),
     (_frozen, ValueError, "frozen"),
     (lambda: nn.Sequential(nn.Flatten(), nn.Linear(100, 10)), ValueError, "does not accept inputs"),
@@ -399,3 +399,45 @@ def test_audit_model_files_that_exit_or_fail_are_named(tmp_path, body, word) -> 
     path.write_text(body)
     with pytest.raises(ValueError, match=word):
         load_model(f"{path}:Net")
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"n": -1}, "n must"),
+        ({"size": 2.5}, "size"),
+        ({"channels": 2}, "channels"),
+        ({"indices": [99]}, "indices"),
+        ({"seed": -1}, "seed"),
+        ({"n": "3"}, "n must"),
+        ({"name": "nope"}, "unknown dataset"),
+        ({"name": "folder"}, "root"),
+        ({"name": "digits", "n": 10**9}, "1797 images"),
+    ],
+)
+def test_data_requests_that_cannot_be_met_are_named(kwargs, word) -> None:
+    kwargs = {"name": "skimage", **kwargs}
+    with pytest.raises(CLEAR, match=word):
+        gi.data.load(kwargs.pop("name"), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": 1.5}, "epochs"),
+        ({"lr": NAN}, "lr"),
+        ({"lr": -1.0}, "lr"),
+        ({"momentum": INF}, "momentum"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"batch_size": "32"}, "batch_size"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"seed": "0"}, "seed"),
+    ],
+)
+def test_utility_settings_that_cannot_train_are_named(kwargs, word) -> None:
+    def factory() -> nn.Module:
+        return gi.models.make("mlp", image_shape=(1, 8, 8), hidden=(8,))
+
+    with pytest.raises(CLEAR, match=word):
+        gi.evaluate.utility(factory, "digits", [], size=8, n=100, **kwargs)

@@ -94,6 +94,8 @@ def load(
         raise ValueError(f"size must be an integer >= 4, got {size!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     loader, needs_root, _ = REGISTRY[name]
     if needs_root and root is None:
         raise ValueError(f"dataset {name!r} is read from a local folder: pass root=<folder>")

@@ -14,7 +14,7 @@ from gradinv import data
 from gradinv.defenses.base import Defense
 from gradinv.fl.client import client_trainer, cross_entropy, defended_update, encode_batch, normalize, num_outputs
 from gradinv.observation import Normalization, ThreatModel
-from gradinv.validation import check_images, check_labels
+from gradinv.validation import check_call, check_images, check_labels
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,11 @@ def utility(
         ValueError: ``epochs`` < 1, ``test_fraction`` outside (0, 1), ``batch_size`` < 1, or a defense that needs a
             larger batch than ``batch_size``.
     """
-    if not isinstance(epochs, int) or epochs < 1:
+    check_call("utility", utility, {k: v for k, v in locals().items() if k not in ("model_factory", "dataset")})
+    if epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not 0 <= momentum < 1 or not lr > 0:
+        raise ValueError(f"lr must be > 0 and momentum in [0, 1), got lr={lr!r}, momentum={momentum!r}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     if batch_size < 1:

@@ -28,6 +28,25 @@ PROTOCOLS: dict[str, tuple[Callable[..., tuple[np.ndarray, Any]], str]] = {
 }
 
 
+MALICIOUS = {
+    "secagg": (
+        'secagg here is Bonawitz et al.\'s semi-honest protocol; against a malicious server (server="malicious") it '
+        "needs the signatures and the consistency check of the paper's active version (Sec. 6-7), which are not "
+        "implemented: such a server can report clients as dropped and unmask one client's input"
+    ),
+    "lightsecagg": (
+        'lightsecagg here is the semi-honest protocol; a malicious server (server="malicious") can claim every other '
+        "client dropped and decode one client's model: not modelled"
+    ),
+    "homomorphic": (
+        "homomorphic aggregation here follows Aono et al.'s honest-but-curious model; a malicious server "
+        '(server="malicious") can return one client\'s ciphertext as "the sum" for the clients to decrypt: not '
+        "modelled"
+    ),
+}
+"""Why each protocol refuses a malicious server."""
+
+
 def flatten(update: dict[str, torch.Tensor]) -> np.ndarray:
     """One float64 vector of an update, in its key order."""
     return torch.cat([value.detach().flatten() for value in update.values()]).double().numpy()
@@ -68,6 +87,8 @@ def observe_aggregate(
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown secure aggregation protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
     threat = threat or ThreatModel()
+    if threat.server == "malicious":
+        raise ValueError(MALICIOUS[protocol])
     if len(clients) < 2:
         raise ValueError(f"secure aggregation needs n >= 2 clients, got {len(clients)}")
     per_client = [

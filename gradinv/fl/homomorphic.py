@@ -4,8 +4,19 @@ ASIACRYPT 2017) through TenSEAL.
 
 In Aono et al.'s protocol the clients share one secret key; the server holds only the public context. Each client
 encrypts its update, the server adds the ciphertexts (Sec. 4.2, Eq. 7) and returns the encrypted sum, which only the
-clients can decrypt: the server never sees an update or even the aggregate in the clear. CKKS packs
-``poly_modulus_degree / 2`` reals per ciphertext; an update is encrypted in chunks of that many slots.
+clients can decrypt: an honest-but-curious server never sees an update or even the aggregate in the clear. CKKS
+packs ``poly_modulus_degree / 2`` reals per ciphertext; an update is encrypted in chunks of that many slots.
+
+**Collusion scope.** Every client holds the one secret key, and the server keeps each client's ciphertext: a server
+colluding with any single client (or a client that reads the server's storage) decrypts *every* client's individual
+update, not just the sum (``tests/fl/test_homomorphic.py`` shows it). Protection against such collusion needs
+threshold or multi-key encryption, which this module does not implement. **Decryption leakage.** CKKS is
+approximate: a decrypted result carries the encryption noise, and when decryptions reach the adversary the noise
+can reveal the secret key (Li & Micciancio, EUROCRYPT 2021, IND-CPA-D); here the clients decrypt the sum, and a
+protocol that sends the decrypted sum back to the server exposes it. **Parameters** are refused above the 128-bit
+bound of the Homomorphic Encryption Standard (total coefficient-modulus bits for each ``N``,
+:data:`MAX_MODULUS_BITS`), and values are refused where the sum over all clients would overflow the plaintext's
+integer part (``2^(first prime bits - scale bits - 1)``).
 
 TenSEAL is an optional dependency (``pip install 'gradinv[he]'``).
 """
@@ -17,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from gradinv.fl.secagg import check_vectors
 
 
 def tenseal() -> Any:
@@ -30,14 +43,51 @@ def tenseal() -> Any:
     return ts
 
 
+MAX_MODULUS_BITS = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+"""The largest total coefficient modulus (bits) for 128-bit classical security with a ternary secret, per ring
+dimension N (Homomorphic Encryption Standard, Albrecht et al. 2018, Table 1; what SEAL enforces by default)."""
+
+
 @dataclass(frozen=True)
 class CKKSParameters:
     """CKKS parameters: TenSEAL's recommended 128-bit-secure setting for one multiplication depth by default
-    (N = 8192, moduli 60/40/40/60 bits, scale 2^40); additions need no depth."""
+    (N = 8192, moduli 60/40/40/60 bits, scale 2^40); additions need no depth.
+
+    Raises:
+        ValueError: an N that is not a power of two in [1024, 32768], moduli outside [20, 60] bits or summing above
+            :data:`MAX_MODULUS_BITS` for N, or a scale that leaves no integer bits under the first modulus.
+    """
 
     poly_modulus_degree: int = 8192
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
     scale_bits: int = 40
+
+    def __post_init__(self) -> None:
+        if self.poly_modulus_degree not in MAX_MODULUS_BITS:
+            raise ValueError(
+                f"poly_modulus_degree must be one of {sorted(MAX_MODULUS_BITS)}, got {self.poly_modulus_degree!r}"
+            )
+        bits = tuple(self.coeff_mod_bit_sizes)
+        if len(bits) < 2 or any(isinstance(b, bool) or not isinstance(b, int) or not 20 <= b <= 60 for b in bits):
+            raise ValueError(f"coeff_mod_bit_sizes must be two or more integers in [20, 60], got {bits!r}")
+        limit = MAX_MODULUS_BITS[self.poly_modulus_degree]
+        if sum(bits) > limit:
+            raise ValueError(
+                f"coeff_mod_bit_sizes sum to {sum(bits)} bits, above the {limit} bits that N = "
+                f"{self.poly_modulus_degree} allows for 128-bit security: use fewer or smaller moduli, or a larger N"
+            )
+        if (
+            isinstance(self.scale_bits, bool)
+            or not isinstance(self.scale_bits, int)
+            or not 1 <= self.scale_bits < bits[0]
+        ):
+            raise ValueError(f"scale_bits must be an integer in [1, {bits[0]}), got {self.scale_bits!r}")
+
+    @property
+    def value_limit(self) -> float:
+        """The largest magnitude the decrypted sum may reach: the first modulus's bits above the scale, less a sign
+        bit."""
+        return 2.0 ** (self.coeff_mod_bit_sizes[0] - self.scale_bits - 1)
 
     @property
     def slots(self) -> int:
@@ -116,14 +166,13 @@ def encrypted_sum(
     server's view with the measured costs (mean per client).
 
     Raises:
-        ValueError: fewer than 2 clients or vectors of different sizes.
+        ValueError: fewer than 2 clients, vectors of different sizes, or a NaN, an infinity or a value beyond
+            ``CKKSParameters.value_limit / n`` (naming the client).
     """
-    if len(vectors) < 2:
-        raise ValueError(f"homomorphic aggregation needs n >= 2 clients, got {len(vectors)}")
-    sizes = {np.asarray(v).size for v in vectors}
-    if len(sizes) != 1:
-        raise ValueError(f"every client must send a vector of the same size, got sizes {sorted(sizes)}")
-    size = sizes.pop()
+    if not isinstance(params, CKKSParameters):
+        raise TypeError(f"params must be a CKKSParameters, got {type(params).__name__}")
+    vectors = check_vectors(vectors, params.value_limit / max(len(vectors), 1), "homomorphic aggregation")
+    size = vectors[0].size
     secret, public = keygen(params)
     start = time.perf_counter()
     ciphertexts = {i: encrypt(v, secret, params.slots) for i, v in enumerate(vectors)}

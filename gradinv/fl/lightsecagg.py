@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradinv.fl.secagg import prg
+from gradinv.fl.secagg import check_vectors, prg
 
 Q = 2**32 - 5
 """The field modulus of the paper's implementation (largest prime below 2^32: products fit in uint64)."""
@@ -149,25 +149,19 @@ def light_secure_sum(
         scale_bits: fixed-point fraction bits of the quantisation.
 
     Raises:
-        ValueError: fewer than 2 clients, bad ``T``/``U``, vectors of different sizes, values too large for the field,
-            or fewer than ``U`` uploads or responders.
+        ValueError: fewer than 2 clients, bad ``T``/``U``, vectors of different sizes, a NaN, an infinity or a value
+            beyond ``q / 2^(scale_bits + 1) / N`` (the field's range for a sum of ``N``), or fewer than ``U`` uploads
+            or responders.
     """
     n = len(vectors)
-    if n < 2:
-        raise ValueError(f"secure aggregation needs n >= 2 clients, got {n}")
+    if not isinstance(scale_bits, int) or not 1 <= scale_bits <= 30:
+        raise ValueError(f"scale_bits must be an integer in [1, 30], got {scale_bits!r}")
+    floats = check_vectors(vectors, (Q // 2 - 1) / 2.0**scale_bits / max(n, 1), "LightSecAgg")
     needed = n // 2 + 1 if needed is None else needed
     privacy = needed - 1 if privacy is None else privacy
     if not 0 <= privacy < needed <= n:
         raise ValueError(f"LightSecAgg needs 0 <= privacy T < needed U <= N = {n}, got T={privacy}, U={needed}")
-    if not 1 <= scale_bits <= 30:
-        raise ValueError(f"scale_bits must lie in [1, 30], got {scale_bits}")
-    sizes = {np.asarray(v).size for v in vectors}
-    if len(sizes) != 1:
-        raise ValueError(f"every client must send a vector of the same size, got sizes {sorted(sizes)}")
-    d = sizes.pop()
-    floats = [np.asarray(v, dtype=np.float64).ravel() for v in vectors]
-    if sum(float(np.abs(v).max(initial=0.0)) for v in floats) * 2.0**scale_bits >= Q // 2:
-        raise ValueError(f"the values are too large for F_q at scale 2^{scale_bits}: lower scale_bits or clip")
+    d = floats[0].size
     dropped, silent = set(drop_before_upload), set(drop_in_recovery)
     if not (dropped | silent) <= set(range(n)):
         raise ValueError(f"dropped clients must lie in [0, {n})")

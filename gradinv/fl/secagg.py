@@ -70,6 +70,39 @@ def prg(seed: bytes, length: int) -> np.ndarray:
     return np.frombuffer(stream, dtype=np.uint64).copy()
 
 
+def check_vectors(vectors: list[np.ndarray], limit: float, protocol: str) -> list[np.ndarray]:
+    """The clients' vectors as flat float64 arrays of one size, every entry finite and within ``[-limit, limit]``
+    (what the protocol's field or fixed point can carry for a sum over all of them).
+
+    Raises:
+        TypeError: a vector that is not numeric.
+        ValueError: fewer than 2 clients, different sizes, or a NaN, an infinity or a value out of range, naming the
+            client and the entry.
+    """
+    if len(vectors) < 2:
+        raise ValueError(f"{protocol} needs n >= 2 clients, got {len(vectors)}")
+    arrays = []
+    for i, vector in enumerate(vectors):
+        try:
+            array = np.asarray(vector, dtype=np.float64).ravel()
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{protocol}: client {i}'s vector is not numeric: {err}") from err
+        bad = np.flatnonzero(~np.isfinite(array))
+        if bad.size:
+            raise ValueError(f"{protocol}: client {i}'s vector holds {array[bad[0]]} at entry {bad[0]}")
+        if array.size and float(np.abs(array).max()) > limit:
+            at = int(np.abs(array).argmax())
+            raise ValueError(
+                f"{protocol}: client {i}'s entry {at} is {array[at]:.6g}, outside [-{limit:.6g}, {limit:.6g}], what "
+                f"the protocol can carry for a sum over {len(vectors)} clients: clip or scale the updates"
+            )
+        arrays.append(array)
+    sizes = {a.size for a in arrays}
+    if len(sizes) != 1:
+        raise ValueError(f"every client must send a vector of the same size, got sizes {sorted(sizes)}")
+    return arrays
+
+
 def to_fixed(vector: np.ndarray) -> np.ndarray:
     """float -> fixed point modulo 2^64 (two's complement)."""
     return np.round(np.asarray(vector, dtype=np.float64) * 2.0**SCALE_BITS).astype(np.int64).view(np.uint64)
@@ -116,16 +149,21 @@ class Client:
             y = y + mask if self.index < v else y - mask
         return y
 
-    def unmask(self, survivors: set[int], dropped: set[int]) -> dict[int, tuple[str, tuple[int, int]]]:
-        """Round 3: the self-seed share of each survivor and the key share of each dropped client, never both."""
+    def unmask(
+        self, survivors: set[int], dropped: set[int], collude_on: frozenset[int] = frozenset()
+    ) -> list[tuple[int, str, tuple[int, int]]]:
+        """Round 3: the self-seed share of each survivor and the key share of each dropped client, never both; for a
+        survivor in ``collude_on`` a colluding client breaks the rule and hands over its key share too."""
         if survivors & dropped:
             raise ValueError("a client cannot be both surviving and dropped")
-        out: dict[int, tuple[str, tuple[int, int]]] = {}
+        out: list[tuple[int, str, tuple[int, int]]] = []
         for owner, (key_share, seed_share) in self.held.items():
             if owner in survivors:
-                out[owner] = ("seed", seed_share)
+                out.append((owner, "seed", seed_share))
+                if owner in collude_on:
+                    out.append((owner, "key", key_share))
             elif owner in dropped:
-                out[owner] = ("key", key_share)
+                out.append((owner, "key", key_share))
         return out
 
 
@@ -139,6 +177,7 @@ class ServerView:
     survivors: list[int]
     dropped: list[int]
     threshold: int
+    responders: list[int] = field(default_factory=list)
 
 
 def secure_sum(
@@ -146,6 +185,8 @@ def secure_sum(
     *,
     threshold: int | None = None,
     drop_before_masking: tuple[int, ...] = (),
+    drop_in_unmasking: tuple[int, ...] = (),
+    collude_on: tuple[int, ...] = (),
 ) -> tuple[np.ndarray, ServerView]:
     """Run the protocol over ``vectors`` (one float vector per client) and return the server's result and view.
 
@@ -153,29 +194,39 @@ def secure_sum(
         threshold: Shamir threshold ``t`` (default: a majority, ``n // 2 + 1``); at least ``t`` clients must survive.
         drop_before_masking: clients that go offline after sharing their keys and before sending a masked input
             (their pairwise masks are then removed from the survivors' inputs with the recovered keys).
+        drop_in_unmasking: clients whose masked input arrived but who do not answer the unmasking round (their
+            input stays in the sum; their self mask is rebuilt from the others' shares). At least ``t`` must answer.
+        collude_on: survivors whose masking-key shares the answering clients also hand to the server, breaking the
+            protocol's "never both shares of one client" rule (``t`` colluding clients can): the server then holds
+            both secrets of that client, and its view (``revealed``) unmasks that client's input alone. Models the
+            collusion bound; the returned sum is unchanged.
 
     Returns:
         ``(sum over surviving clients, what the server saw)``.
 
     Raises:
-        ValueError: fewer than 2 clients, a bad threshold, vectors of different sizes, or fewer than ``t`` survivors.
+        ValueError: fewer than 2 clients, a bad threshold, vectors of different sizes, a NaN, an infinity or a value
+            beyond ``2^31 / n`` (the fixed point's range for a sum of ``n``), fewer than ``t`` survivors, or fewer
+            than ``t`` clients answering the unmasking round.
     """
     n = len(vectors)
-    if n < 2:
-        raise ValueError(f"secure aggregation needs n >= 2 clients, got {n}")
+    arrays = check_vectors(vectors, (2.0**63 - 1) / 2.0**SCALE_BITS / max(n, 1), "secure aggregation")
     threshold = n // 2 + 1 if threshold is None else threshold
     if not 1 < threshold <= n:
         raise ValueError(f"threshold must lie in [2, {n}], got {threshold}")
-    sizes = {np.asarray(v).size for v in vectors}
-    if len(sizes) != 1:
-        raise ValueError(f"every client must send a vector of the same size, got sizes {sorted(sizes)}")
-    dropped = set(drop_before_masking)
-    if not dropped <= set(range(n)):
-        raise ValueError(f"drop_before_masking must name clients in [0, {n})")
+    dropped, silent = set(drop_before_masking), set(drop_in_unmasking)
+    if not (dropped | silent | set(collude_on)) <= set(range(n)) or dropped & silent:
+        raise ValueError(f"drop_before_masking and drop_in_unmasking must name different clients in [0, {n})")
     survivors = set(range(n)) - dropped
     if len(survivors) < threshold:
         raise ValueError(f"only {len(survivors)} clients survive, fewer than the threshold {threshold}")
-    clients = [Client(i, np.asarray(v, dtype=np.float64).ravel()) for i, v in enumerate(vectors)]
+    responders = survivors - silent
+    if len(responders) < threshold:
+        raise ValueError(
+            f"only {len(responders)} clients answer the unmasking round, fewer than the threshold {threshold}: "
+            "the self masks cannot be removed"
+        )
+    clients = [Client(i, array) for i, array in enumerate(arrays)]
     # Round 0: advertise keys
     public_keys = {c.index: c.public_key() for c in clients}
     # Round 1: share keys (delivered client to client)
@@ -187,17 +238,18 @@ def secure_sum(
     # Round 3: unmasking
     revealed: dict[int, list[tuple[str, tuple[int, int]]]] = {}
     for c in clients:
-        if c.index in survivors:
-            for owner, item in c.unmask(survivors, dropped).items():
-                revealed.setdefault(owner, []).append(item)
-    total = np.zeros(sizes.pop(), dtype=np.uint64)
+        if c.index in responders:
+            for owner, kind, item in c.unmask(survivors, dropped, frozenset(collude_on)):
+                revealed.setdefault(owner, []).append((kind, item))
+    total = np.zeros(arrays[0].size, dtype=np.uint64)
     for y in masked.values():
         total = total + y
     for owner, items in revealed.items():
-        kinds = {kind for kind, _ in items}
-        if len(kinds) != 1 or len(items) < threshold:
-            raise ValueError(f"cannot unmask client {owner}: {len(items)} shares of kinds {kinds}")
-        secret = shamir_combine([share for _, share in items[:threshold]])
+        wanted = "seed" if owner in survivors else "key"
+        shares = [share for kind, share in items if kind == wanted]
+        if len(shares) < threshold:
+            raise ValueError(f"cannot unmask client {owner}: {len(shares)} shares of its {wanted}")
+        secret = shamir_combine(shares[:threshold])
         if owner in survivors:
             total = total - prg(secret.to_bytes(32, "big"), total.size)
         else:
@@ -206,5 +258,5 @@ def secure_sum(
                 mask = prg(key.exchange(X25519PublicKey.from_public_bytes(public_keys[v])), total.size)
                 # the survivor v added +mask if v < owner, else -mask: undo it
                 total = total - mask if v < owner else total + mask
-    view = ServerView(public_keys, masked, revealed, sorted(survivors), sorted(dropped), threshold)
+    view = ServerView(public_keys, masked, revealed, sorted(survivors), sorted(dropped), threshold, sorted(responders))
     return from_fixed(total), view

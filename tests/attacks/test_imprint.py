@@ -50,7 +50,8 @@ def test_imprint_scales_to_a_large_batch_and_certifies_no_mixture() -> None:
     # the batch's label counts cover the 128 samples
     exact, labelled = _exact_and_labelled(scores)
     assert scores["exact_fraction"] >= 0.5 and scores["certified_not_exact"] == 0, scores["exact_fraction"]
-    assert sum(rec.certified) >= 0.7 * exact and labelled >= sum(rec.certified)
+    # 71 of 86 exact images certified here: 61 reading the batch's term from above each bin, 10 more from below
+    assert sum(rec.certified) >= 0.79 * exact and labelled >= sum(rec.certified)
     assert len(rec.certified) > exact and rec.label_counts is not None and int(rec.label_counts.sum()) == 128
 
 
