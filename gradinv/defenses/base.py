@@ -49,6 +49,9 @@ class Defense:
         """The client's own update computed the defended way, or ``None`` to compute it as usual."""
         return None
 
+    def check_chain(self, defenses: list[Defense]) -> None:
+        """Raise ``ValueError`` if this defense cannot run beside ``defenses`` (the client's whole chain)."""
+
     def config(self) -> dict[str, Any]:
         """The defense's name and parameters, recorded with every result."""
         return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import math
+import os
 import warnings
 from typing import Any
 
@@ -31,10 +34,11 @@ def dp_gradient(
     noise_multiplier: float,
     max_grad_norm: float,
     generator: torch.Generator,
+    secure_mode: bool = False,
 ) -> list[torch.Tensor]:
     """One DP-SGD gradient: per-sample gradients clipped to ``max_grad_norm``, summed, Gaussian noise of std
     ``noise_multiplier * max_grad_norm`` added, divided by the batch size (what Opacus' ``DPOptimizer.pre_step``
-    leaves in ``p.grad``)."""
+    leaves in ``p.grad``). ``secure_mode``: Opacus' noise that resists floating-point attacks (sums of 4 draws)."""
     opacus = _opacus()
     wrapped = opacus.GradSampleModule(model, loss_reduction="mean")
     optimizer = opacus.optimizers.DPOptimizer(
@@ -44,6 +48,7 @@ def dp_gradient(
         expected_batch_size=inputs.shape[0],
         loss_reduction="mean",
         generator=generator,
+        secure_mode=secure_mode,
     )
     optimizer.zero_grad()
     with warnings.catch_warnings():  # Opacus' hooks warn that the inputs need no gradient: they do not
@@ -55,20 +60,58 @@ def dp_gradient(
     return grads
 
 
+def gaussian_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """(epsilon at ``delta``) of ``steps`` compositions of the sampled Gaussian mechanism, from Opacus' RDP accountant
+    (Mironov 2017; Mironov, Talwar & Zhang 2019); ``inf`` without noise. ``sample_rate = 1`` is the plain Gaussian
+    mechanism: no amplification by subsampling."""
+    if noise_multiplier == 0:
+        return float("inf")
+    accountant = _opacus().accountants.RDPAccountant()
+    accountant.history = [(noise_multiplier, sample_rate, steps)]
+    with warnings.catch_warnings():  # tiny noise puts the optimum at the smallest order: epsilon is huge anyway
+        warnings.filterwarnings("ignore", message="Optimal order")
+        return float(accountant.get_epsilon(delta=delta))
+
+
+def noise_seed(generator: torch.Generator) -> int:
+    """A seed for DP-SGD's noise: one draw of the client's generator, hashed with a label, so that the noise stream
+    shares no draws with the streams the client's seed starts elsewhere (MixUp's plan, dropout masks)."""
+    draw = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return int.from_bytes(hashlib.sha256(f"gradinv dpsgd noise {draw}".encode()).digest()[:8], "big") >> 1
+
+
 class DPSGD(Defense):
     """The client trains with DP-SGD: per-sample clipping and Gaussian noise, through Opacus.
 
     The shared update is the clipped, noised batch gradient (or, for FedAvg, the weight difference after
     ``local_steps`` DP-SGD steps). Models with BatchNorm are converted as Opacus requires (``ModuleValidator.fix``:
-    BatchNorm -> GroupNorm) before the server broadcasts them; ``config()["converted"]`` says so. The privacy spent,
-    ``epsilon`` at ``delta`` for ``steps`` steps at sampling rate ``sample_rate``, comes from Opacus' RDP accountant.
+    BatchNorm -> GroupNorm) before the server broadcasts them; ``config()["converted"]`` says so.
+
+    Two guarantees are reported, both at ``delta`` (RDP accountant):
+
+    - ``release_epsilon``: what protects the one update the server observes from this client. The attacker knows
+      the batch, so subsampling amplification does not apply: it is the plain Gaussian mechanism (sensitivity
+      ``max_grad_norm``, noise ``noise_multiplier * max_grad_norm``) composed over the local steps in which a sample
+      takes part (``release_steps``: 1 for a gradient; ``ceil(local_steps / mini-batches)`` for FedAvg). At
+      ``noise_multiplier = 1`` one step gives about 4.7 at ``delta = 1e-5``. ``None`` until the defense has run.
+    - ``epsilon``: the whole training run a sample takes part in, with subsampling amplification: ``steps`` noisy
+      steps at sampling rate ``sample_rate``, the caller's statement of the run (gradinv simulates one round;
+      ``gi.evaluate.utility`` reports the epsilon of the run it does simulate).
+
+    The noise has its own generator, derived from the client's seed apart from every other random draw (MixUp's,
+    dropout's); ``secure_rng=True`` instead seeds it from the operating system's entropy (not reproducible) and uses
+    Opacus' ``secure_mode`` noise, robust to floating-point attacks; the generator itself stays PyTorch's (Opacus'
+    cryptographic ``torchcsprng`` route is unmaintained). DP-SGD clips per training example: beside MixUp or InstaHide
+    (each private image enters several encodings, so its sensitivity grows with their number) or dropout (Opacus'
+    per-sample gradients cannot replay the client's private masks) it is refused.
 
     Args:
-        noise_multiplier: noise std relative to ``max_grad_norm``.
+        noise_multiplier: noise std relative to ``max_grad_norm`` (Abadi et al.'s sigma).
         max_grad_norm: per-sample clipping norm C.
-        sample_rate: the client's batch size over its dataset size (for the accountant).
-        steps: training steps the accountant charges for.
-        delta: the delta of the (epsilon, delta) guarantee.
+        sample_rate: the client's batch size over its dataset size, for the training-run ``epsilon``.
+        steps: training steps the training-run ``epsilon`` charges for.
+        delta: the delta of both (epsilon, delta) guarantees.
+        secure_rng: OS-seeded noise with Opacus' secure mode (see above).
     """
 
     name = "dpsgd"
@@ -81,6 +124,7 @@ class DPSGD(Defense):
         sample_rate: float = 0.01,
         steps: int = 1000,
         delta: float = 1e-5,
+        secure_rng: bool = False,
     ) -> None:
         check_arguments(self, locals())
         if noise_multiplier < 0 or max_grad_norm <= 0:
@@ -92,21 +136,35 @@ class DPSGD(Defense):
                 f"need 0 < sample_rate <= 1, steps >= 1, 0 < delta < 1; got {sample_rate}, {steps}, {delta}"
             )
         self.noise_multiplier, self.max_grad_norm = noise_multiplier, max_grad_norm
-        self.sample_rate, self.steps, self.delta = sample_rate, steps, delta
+        self.sample_rate, self.steps, self.delta, self.secure_rng = sample_rate, steps, delta, secure_rng
         self.converted = False
+        self.release_steps: int | None = None
 
     def epsilon(self) -> float:
-        """Privacy spent (RDP accountant), ``inf`` without noise."""
-        if self.noise_multiplier == 0:
-            return float("inf")
-        accountant = _opacus().accountants.RDPAccountant()
-        accountant.history = [(self.noise_multiplier, self.sample_rate, self.steps)]
-        with warnings.catch_warnings():  # tiny noise puts the optimum at the smallest order: epsilon is huge anyway
-            warnings.filterwarnings("ignore", message="Optimal order")
-            return float(accountant.get_epsilon(delta=self.delta))
+        """The training run's epsilon (``steps`` at ``sample_rate``), ``inf`` without noise."""
+        return gaussian_epsilon(self.noise_multiplier, self.sample_rate, self.steps, self.delta)
+
+    def release_epsilon(self, release_steps: int | None = None) -> float | None:
+        """The epsilon of one observed update: the plain Gaussian mechanism over ``release_steps`` (default: those of
+        the last update this defense computed), no subsampling amplification."""
+        steps = self.release_steps if release_steps is None else release_steps
+        return None if steps is None else gaussian_epsilon(self.noise_multiplier, 1.0, steps, self.delta)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "epsilon": self.epsilon()}
+        return {**super().config(), "epsilon": self.epsilon(), "release_epsilon": self.release_epsilon()}
+
+    def check_chain(self, defenses: list[Defense]) -> None:
+        for other in defenses:
+            if type(other).encode is not Defense.encode:
+                raise ValueError(
+                    f"dpsgd with {other.name}: DP-SGD clips each encoding, and each private image enters several "
+                    "encodings, so its sensitivity is a multiple of max_grad_norm and epsilon would not hold"
+                )
+            if other.name == "dropout":
+                raise ValueError(
+                    "dpsgd with dropout: Opacus' per-sample gradients cannot replay the client's private dropout "
+                    "masks; the combination is not supported"
+                )
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The model as Opacus can train it (BatchNorm replaced by GroupNorm where present)."""
@@ -129,6 +187,10 @@ class DPSGD(Defense):
     ) -> list[torch.Tensor]:
         """The update of a DP-SGD client: one noised gradient, or the weight change after local DP-SGD steps."""
 
+        # the noise's own stream: derived from the client's generator, apart from every other draw
+        seed = int.from_bytes(os.urandom(8), "big") >> 1 if self.secure_rng else noise_seed(generator)
+        noise = torch.Generator().manual_seed(seed)
+
         def dp_step(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
             return dp_gradient(
                 model,
@@ -136,15 +198,18 @@ class DPSGD(Defense):
                 y,
                 noise_multiplier=self.noise_multiplier,
                 max_grad_norm=self.max_grad_norm,
-                generator=generator,
+                generator=noise,
+                secure_mode=self.secure_rng,
             )
 
         if threat.update == "gradient":
+            self.release_steps = 1
             return dp_step(inputs, labels)
         from gradinv.fl.client import minibatches  # the client module imports the defenses: import late
 
         start = [p.detach().clone() for p in model.parameters()]
         batches = minibatches(inputs.shape[0], threat.local_batch_size)
+        self.release_steps = math.ceil(threat.local_steps / len(batches))
         for step in range(threat.local_steps):
             idx = batches[step % len(batches)]
             grads = dp_step(inputs[idx], labels[idx])

@@ -166,7 +166,13 @@ def run_utility(config: dict[str, Any]) -> dict[str, Any]:
     setup = config["utility"]
     chain = [defenses.make(name, **params) for name, params in config["defenses"]]
     result = _train(config, lambda: _model({**config, "seed": setup["seed"]}), chain, setup["epochs"], setup["seed"])
-    return {"accuracy": result.accuracy, "seconds": result.seconds, "steps": result.steps, "n_test": result.n_test}
+    return {
+        "accuracy": result.accuracy,
+        "seconds": result.seconds,
+        "steps": result.steps,
+        "n_test": result.n_test,
+        "epsilon": result.epsilon,
+    }
 
 
 def execute(kind: str, config: dict[str, Any]) -> dict[str, Any]:

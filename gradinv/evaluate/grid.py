@@ -39,6 +39,7 @@ from typing import Any
 from gradinv import attacks, data, defenses, models
 from gradinv.attacks.base import Attack
 from gradinv.defenses.mixup import MixUp
+from gradinv.fl.client import client_trainer
 from gradinv.observation import ThreatModel
 from gradinv.pipeline import NORMALIZATIONS
 
@@ -370,10 +371,14 @@ def conflict(
         return f"attack {attack.name!r} is defined for batches up to {attack.max_batch}, not {batch_size}"
     if attack.prepare_model is not Attack.prepare_model and threat.server != "malicious":
         return f'attack {attack.name!r} alters the model: it needs server = "malicious"'
-    for name, params in chain:
-        defense = defenses.make(name, **params)
+    made = [defenses.make(name, **params) for name, params in chain]
+    for (name, _), defense in zip(chain, made, strict=True):
         if isinstance(defense, MixUp) and batch_size < defense.k:
             return f"defense {name!r} mixes k={defense.k} images: batch size {batch_size} is too small"
+    try:
+        client_trainer(made)
+    except ValueError as err:
+        return f"defense chain {[n for n, _ in chain]}: {err}"
     return None
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from gradinv import data
 from gradinv.defenses.base import Defense
+from gradinv.defenses.dpsgd import DPSGD, gaussian_epsilon
 from gradinv.fl.client import client_trainer, cross_entropy, defended_update, encode_batch, normalize, num_outputs
 from gradinv.observation import Normalization, ThreatModel
 from gradinv.validation import check_call, check_images, check_labels
@@ -30,6 +31,10 @@ class Utility:
     n_test: int
     seconds: float
     defenses: list[dict[str, Any]] = field(default_factory=list)
+    epsilon: float | None = None
+    """With DP-SGD among the defenses: the (epsilon, ``delta``) of the run simulated here, ``steps`` noisy steps at
+    sampling rate ``batch_size / n_train`` (RDP accountant; the batches are shuffled, not Poisson-sampled, which the
+    accountant assumes)."""
     model: nn.Module | None = field(default=None, repr=False, compare=False)
     """The trained model (in eval mode)."""
 
@@ -148,6 +153,8 @@ def utility(
     with torch.no_grad():
         train_loss = float(cross_entropy(model(normalize(train_x[:1024], normalization)), train_y[:1024]))
     test_inputs = normalize(test_x, normalization)
+    dp = next((d for d in defenses if isinstance(d, DPSGD)), None)
+    epsilon = None if dp is None else gaussian_epsilon(dp.noise_multiplier, batch_size / train_x.shape[0], step, dp.delta)
     return Utility(
         accuracy=accuracy(model, test_inputs, test_y),
         train_loss=train_loss,
@@ -157,5 +164,6 @@ def utility(
         n_test=int(test_x.shape[0]),
         seconds=time.perf_counter() - start,
         defenses=[d.config() for d in defenses],
+        epsilon=epsilon,
         model=model,
     )

@@ -170,6 +170,8 @@ def client_trainer(defenses: Sequence[Defense]) -> Defense | None:
     trainers = [d for d in defenses if type(d).client_update is not Defense.client_update]
     if len(trainers) > 1:
         raise ValueError(f"only one defense may replace the client's training step, got {[d.name for d in trainers]}")
+    for defense in defenses:
+        defense.check_chain(list(defenses))
     return trainers[0] if trainers else None
 
 

@@ -159,11 +159,12 @@ class HomomorphicView:
 
 
 def encrypted_sum(
-    vectors: list[np.ndarray], *, params: CKKSParameters = CKKSParameters()
+    vectors: list[np.ndarray], *, params: CKKSParameters = CKKSParameters(), keys: tuple[Any, bytes] | None = None
 ) -> tuple[np.ndarray, HomomorphicView]:
     """Run one homomorphic aggregation over ``vectors``: the clients encrypt, the server adds with the public
     context, and the clients decrypt the sum. Returns the decrypted sum (what a key-holding client gets) and the
-    server's view with the measured costs (mean per client).
+    server's view with the measured costs (mean per client). ``keys``: the clients' shared secret context and the
+    public context from :func:`keygen` (default: fresh ones), e.g. to model a client colluding with the server.
 
     Raises:
         ValueError: fewer than 2 clients, vectors of different sizes, or a NaN, an infinity or a value beyond
@@ -173,7 +174,7 @@ def encrypted_sum(
         raise TypeError(f"params must be a CKKSParameters, got {type(params).__name__}")
     vectors = check_vectors(vectors, params.value_limit / max(len(vectors), 1), "homomorphic aggregation")
     size = vectors[0].size
-    secret, public = keygen(params)
+    secret, public = keygen(params) if keys is None else keys
     start = time.perf_counter()
     ciphertexts = {i: encrypt(v, secret, params.slots) for i, v in enumerate(vectors)}
     encrypt_seconds = (time.perf_counter() - start) / len(vectors)

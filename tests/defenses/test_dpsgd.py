@@ -75,6 +75,60 @@ def test_fedavg_with_dp_steps_matches_plain_fedavg_without_noise_or_clipping() -
         torch.testing.assert_close(private.update[name], value, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "threat, steps, low, high",
+    [
+        (gi.ThreatModel(), 1, 4.6, 4.8),  # one Gaussian step at sigma 1, delta 1e-5: RDP gives 4.73
+        (gi.ThreatModel(update="fedavg", local_steps=5, local_lr=0.1), 5, 12.2, 12.4),
+        (gi.ThreatModel(update="fedavg", local_steps=3, local_lr=0.1, local_batch_size=2), 2, 7.0, 7.2),
+    ],
+)
+def test_the_release_epsilon_is_that_of_the_update_the_server_sees(threat, steps, low, high) -> None:
+    # Prepare: 4 images, sigma 1, the training run stated as 1000 steps at q = 0.01
+    images, labels = gi.data.load("digits", n=4, size=8, seed=0)
+    model = gi.models.make("mlp", image_shape=(3, 8, 8), hidden=(16,), seed=0)
+    dp = gi.defenses.make("dpsgd", noise_multiplier=1.0)
+    # Execute
+    record = gi.observe(model, images, labels, threat=threat, defenses=[dp]).defenses[0]
+    # Assert: no amplification by subsampling for a batch the attacker knows, composed over the steps a sample took
+    # part in (local steps over mini-batches); the training run's epsilon is the stated run's, unchanged
+    assert dp.release_steps == steps and low < record["release_epsilon"] < high
+    assert record["release_epsilon"] > record["epsilon"] and 2.0 < record["epsilon"] < 2.2
+
+
+def test_utility_reports_the_epsilon_of_the_run_it_simulates() -> None:
+    def factory() -> torch.nn.Module:
+        return gi.models.make("mlp", image_shape=(1, 8, 8), hidden=(16,), seed=0)
+
+    result = gi.evaluate.utility(factory, "digits", [gi.defenses.make("dpsgd")], epochs=1, n=400, size=8)
+    # 10 steps of batch 32 out of 320 training images, sigma 1
+    from gradinv.defenses.dpsgd import gaussian_epsilon
+
+    assert result.epsilon == pytest.approx(gaussian_epsilon(1.0, 32 / 320, 10, 1e-5)) and result.epsilon < 4.7
+    assert gi.evaluate.utility(factory, "digits", [], epochs=1, n=400, size=8).epsilon is None
+
+
+@pytest.mark.parametrize("other, word", [("mixup", "mixup"), ("instahide", "instahide"), ("dropout", "dropout")])
+def test_dpsgd_refuses_what_it_cannot_account_for(other: str, word: str) -> None:
+    images, labels = gi.data.load("skimage", n=4, size=8, seed=0)
+    model = gi.models.make("mlp", image_shape=(3, 8, 8), hidden=(16,), seed=0)
+    for chain in ([other, "dpsgd"], ["dpsgd", other]):
+        with pytest.raises(ValueError, match=f"dpsgd with {word}"):
+            gi.observe(model, images, labels, defenses=[gi.defenses.make(name) for name in chain])
+
+
+def test_secure_rng_noise_is_fresh_and_the_default_is_reproducible() -> None:
+    images, labels = gi.data.load("skimage", n=2, size=8, seed=0)
+    model = gi.models.make("mlp", image_shape=(3, 8, 8), hidden=(16,), seed=0)
+
+    def update(**options: object) -> torch.Tensor:
+        obs = gi.observe(model, images, labels, seed=3, defenses=[gi.defenses.make("dpsgd", **options)])
+        return obs.update["net.1.weight"]
+
+    assert torch.equal(update(), update())
+    assert not torch.equal(update(secure_rng=True), update(secure_rng=True))
+
+
 def test_dpsgd_rejects_bad_parameters_and_a_second_trainer() -> None:
     with pytest.raises(ValueError, match="noise_multiplier"):
         gi.defenses.make("dpsgd", noise_multiplier=-1.0)

@@ -105,8 +105,12 @@ def test_bad_settings_are_rejected() -> None:
         light_secure_sum(vectors, needed=3, drop_before_upload=(0, 1))
     with pytest.raises(ValueError, match="needs U = 3"):
         light_secure_sum(vectors, needed=3, drop_in_recovery=(0, 1))
-    with pytest.raises(ValueError, match="too large"):
-        light_secure_sum([np.full(3, 1e5)] * 4)
+    with pytest.raises(ValueError, match=r"client 0's entry 0 is 100000, outside \[-8192"):
+        light_secure_sum([np.full(3, 1e5)] * 4)  # (q/2) / 2^16 / 4 clients
+    with pytest.raises(ValueError, match="client 2's vector holds nan at entry 1"):
+        light_secure_sum([np.zeros(3), np.zeros(3), np.array([0.0, np.nan, 0.0])])
+    with pytest.raises(ValueError, match="client 1's vector holds -inf"):
+        light_secure_sum([np.zeros(3), np.array([-np.inf, 0.0, 0.0])])
     with pytest.raises(ValueError, match="unknown secure aggregation protocol"):
         images, labels = gi.data.load("digits", n=2, size=8, channels=1)
         observe_aggregate(gi.models.make("mlp", image_shape=(1, 8, 8)), [(images, labels)] * 2, protocol="magic")

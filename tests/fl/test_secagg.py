@@ -100,6 +100,7 @@ def test_clients_may_drop_during_unmasking_down_to_the_threshold(silent: tuple[i
     # exactly t responders rebuild the silent clients' self masks and the dropped one's key: the sum is exact and
     # includes the silent clients' inputs
     assert view.responders == [0, 1, 2] and np.abs(total - sum(vectors[:5])).max() < 1e-8
+    assert all(len(items) == 3 for items in view.revealed.values())  # the silent clients sent no share
 
 
 @pytest.mark.parametrize(
