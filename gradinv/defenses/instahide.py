@@ -15,7 +15,9 @@ class InstaHide(MixUp):
     As in the InstaHide paper, images live in ``[-1, 1]`` for the mixing and the flip; the encoding is handed to the
     model (and to the attacker's reconstruction) in pixel space as ``(encoding + 1) / 2``, still in ``[0, 1]``. The
     flip leaves ``|2 e - 1| = |sum_j lambda_j (2 x_j - 1)|`` unchanged, which is what decoding attacks (Carlini et al.
-    2021) start from: :func:`magnitude`.
+    2021) start from: :func:`magnitude`. This is InstaHide's inside-dataset variant with the client's batch as the
+    pool (see :class:`~gradinv.defenses.mixup.MixUp`); the cross-dataset variant, which mixes in images from a
+    large public set, is not modelled.
 
     Args:
         k: images per encoding (Huang et al.: 4).

@@ -14,9 +14,10 @@ def mixing(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Partners and coefficients for ``n`` encodings of ``k`` images each, drawn from a pool of ``n`` images.
 
-    As Huang et al.'s code: the ``k`` partner columns are independent random permutations of the pool, each row
-    redrawn until its ``k`` images differ; coefficients follow Dirichlet(3, 1, ..., 1) and are redrawn until every one
-    lies in ``[lower_bound, upper_bound]``.
+    The ``k`` partner columns are independent random permutations of the pool, each row redrawn until its ``k`` images
+    differ; coefficients follow Dirichlet(3, 1, ..., 1) and are redrawn until every one lies in ``[lower_bound,
+    upper_bound]`` (Huang et al.'s coefficients). The pool here is the client's batch; Huang et al.'s code
+    (GradAttack) draws the partners from the client's whole training set.
 
     Returns:
         ``(partners (n, k) int64, coefficients (n, k))``, each row of coefficients summing to 1.
@@ -68,8 +69,11 @@ def check_mixing(k: int, upper_bound: float, lower_bound: float) -> None:
 class MixUp(Defense):
     """The client trains on mixtures of ``k`` of its images (and of their labels) instead of the images.
 
-    The mixing pool is the client's batch (each image appears in ``k`` encodings). The attacker who inverts the
-    update gets encodings, not images; :func:`unmix` shows how far the mixed labels take it back.
+    The mixing pool is the client's batch (each image appears in ``k`` encodings). This differs from Huang et al.'s
+    code (GradAttack), which draws the partners from the client's whole training set: with an in-batch pool the
+    ``N x N`` mixing is invertible from the batch alone (:func:`unmix`), so "MixUp decoded exactly" partly reflects
+    this choice. A training-set pool is not modelled yet. The attacker who inverts the update gets encodings, not
+    images; :func:`unmix` shows how far the mixed labels take it back.
 
     Args:
         k: images per encoding (Huang et al.: 4).

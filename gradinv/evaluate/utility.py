@@ -154,7 +154,9 @@ def utility(
         train_loss = float(cross_entropy(model(normalize(train_x[:1024], normalization)), train_y[:1024]))
     test_inputs = normalize(test_x, normalization)
     dp = next((d for d in defenses if isinstance(d, DPSGD)), None)
-    epsilon = None if dp is None else gaussian_epsilon(dp.noise_multiplier, batch_size / train_x.shape[0], step, dp.delta)
+    epsilon = (
+        None if dp is None else gaussian_epsilon(dp.noise_multiplier, batch_size / train_x.shape[0], step, dp.delta)
+    )
     return Utility(
         accuracy=accuracy(model, test_inputs, test_y),
         train_loss=train_loss,

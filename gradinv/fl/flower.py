@@ -188,14 +188,20 @@ class CuriousStrategy(Strategy):
         if aggregated:
             targets = [("aggregate", replies, weights[0])]
         else:
-            targets = [
-                (f"client_{_partition(fit, k)}", [fit], w)
-                for k, (fit, w) in enumerate(zip(replies, weights, strict=True))
-            ]
+            labels = _labels(replies)
+            targets = [(labels[k], [fit], w) for k, (fit, w) in enumerate(zip(replies, weights, strict=True))]
         written = []
         for label, fits, after in targets:
-            observation = self._observation(model, before, after, fits, aggregated)
-            record = self._attack(server_round, label, observation, fits, aggregated)
+            try:
+                observation = self._observation(model, before, after, fits, aggregated)
+            except (ValueError, TypeError, KeyError) as err:  # a malformed reply: recorded, the round goes on
+                record: dict[str, Any] = {
+                    "round": server_round,
+                    "target": label,
+                    "failed": f"{type(err).__name__}: {err}",
+                }
+            else:
+                record = self._attack(server_round, label, observation, fits, aggregated)
             self.records.append(record)
             written.append(record)
         atomic_write_text(self.out / "results.json", json.dumps(self.records, indent=2, default=str))
@@ -294,7 +300,20 @@ class CuriousStrategy(Strategy):
 
 
 def _partition(fit: FitRes, fallback: int) -> int:
-    return int((fit.metrics or {}).get("partition_id", fallback))
+    """The reply's ``partition_id``, or ``fallback`` (its position) when it reports none or not an integer."""
+    value = (fit.metrics or {}).get("partition_id", fallback)
+    return value if isinstance(value, int) and not isinstance(value, bool) else fallback
+
+
+def _labels(replies: list[FitRes]) -> list[str]:
+    """One folder name per reply: ``client_<partition_id>``; a reply without an integer id, or repeating one
+    already taken, is named by its position as well, so no two replies share a folder."""
+    labels: list[str] = []
+    for k, fit in enumerate(replies):
+        value = (fit.metrics or {}).get("partition_id")
+        label = f"client_{value}" if isinstance(value, int) and not isinstance(value, bool) else f"reply_{k}"
+        labels.append(label if label not in labels else f"{label}_reply_{k}")
+    return labels
 
 
 def _aligned(rec: Reconstruction, originals: torch.Tensor, scored: bool) -> torch.Tensor:
@@ -315,6 +334,12 @@ def render(records: list[dict[str, Any]], out: Path) -> str:
 
     sections = []
     for r in records:
+        if "failed" in r:
+            sections.append(
+                f"<h2>Round {r['round']}: {html.escape(r['target'])}</h2><p>Not audited: this reply could not be read "
+                f"as an update ({html.escape(r['failed'])}); the round aggregated without it being attacked.</p>"
+            )
+            continue
         note = (
             f"<p><b>Secure aggregation:</b> every reply carried the same weights, so the server saw only the "
             f"aggregate of clients {r['clients']} (batch {r['batch_size']}); the attacks ran on the aggregate.</p>"

@@ -88,8 +88,17 @@ def test_a_gradient_reply_and_a_weight_reply_are_both_read_exactly(tmp_path) -> 
     assert [r["target"] for r in records] == ["client_0", "client_1"]
     assert all(r["attacks"]["bias_trick"]["scores"]["psnr"] > 60 for r in records)
     assert records[0]["threat"]["update"] == "gradient" and records[1]["threat"]["update"] == "fedavg"
-    with pytest.raises(ValueError, match="learning rate"):
-        strategy.audit(1, [FitRes(Status(Code.OK, ""), replies[1].parameters, 1, {})])
+    # a reply without its learning rate, one with a non-integer id and one repeating an id: the malformed one is
+    # recorded as not audited, the others get folders of their own, and the round still aggregates
+    bad = FitRes(Status(Code.OK, ""), replies[1].parameters, 1, {"partition_id": "zero"})
+    twin = FitRes(Status(Code.OK, ""), replies[0].parameters, 1, {"update": "gradient", "partition_id": 0})
+    records = strategy.audit(1, [replies[0], bad, twin])
+    assert [r["target"] for r in records] == ["client_0", "reply_1", "client_0_reply_2"]
+    assert "learning rate" in records[1]["failed"] and "attacks" in records[2]
+    assert (tmp_path / "audit" / "round_001" / "client_0_reply_2" / "record.json").exists()
+    proxies = [(None, fit) for fit in (replies[0], bad)]
+    parameters, _ = strategy.aggregate_fit(1, proxies, [])  # type: ignore[arg-type]
+    assert parameters is not None and "Not audited" in (tmp_path / "audit" / "report.html").read_text()
 
 
 def test_the_wrapper_rejects_what_is_not_a_strategy(tmp_path) -> None:
