@@ -27,11 +27,16 @@ class Defense:
         return dict(update)
 
     def encode(
-        self, images: torch.Tensor, targets: torch.Tensor, *, generator: torch.Generator
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        generator: torch.Generator,
+        client_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Data obscuration: the pixel images in [0, 1] and ``(N, K)`` soft targets the defended client trains on
         instead of ``images`` and ``targets`` (one-hot). Unchanged unless the defense obscures data (MixUp,
-        InstaHide)."""
+        InstaHide). ``client_data``: the client's whole training set (images, one-hot targets), when known."""
         return images, targets
 
     def prepare_model(self, model: nn.Module) -> nn.Module:

@@ -15,9 +15,9 @@ class InstaHide(MixUp):
     As in the InstaHide paper, images live in ``[-1, 1]`` for the mixing and the flip; the encoding is handed to the
     model (and to the attacker's reconstruction) in pixel space as ``(encoding + 1) / 2``, still in ``[0, 1]``. The
     flip leaves ``|2 e - 1| = |sum_j lambda_j (2 x_j - 1)|`` unchanged, which is what decoding attacks (Carlini et al.
-    2021) start from: :func:`magnitude`. This is InstaHide's inside-dataset variant with the client's batch as the
-    pool (see :class:`~gradinv.defenses.mixup.MixUp`); the cross-dataset variant, which mixes in images from a
-    large public set, is not modelled.
+    2021) start from: :func:`magnitude`. This is InstaHide's inside-dataset variant, partners from the client's batch
+    or training set (``pool``, see :class:`~gradinv.defenses.mixup.MixUp`); the cross-dataset variant, which mixes in
+    images from a large public set, is not modelled.
 
     Args:
         k: images per encoding (Huang et al.: 4).
@@ -28,9 +28,14 @@ class InstaHide(MixUp):
     name = "instahide"
 
     def encode(
-        self, images: torch.Tensor, targets: torch.Tensor, *, generator: torch.Generator
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        generator: torch.Generator,
+        client_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        mixed, soft = super().encode(images, targets, generator=generator)
+        mixed, soft = super().encode(images, targets, generator=generator, client_data=client_data)
         # coefficients sum to 1, so the mixture in [-1, 1] units is 2 * (pixel mixture) - 1
         sign = torch.randint(0, 2, mixed.shape, generator=generator).to(mixed) * 2 - 1
         return (sign * (2 * mixed - 1) + 1) / 2, soft

@@ -28,9 +28,32 @@ def mixing(
             if len(set(partners[row].tolist())) == k:
                 break
             partners[row] = torch.randint(0, n, (k,), generator=generator)
+    return partners, coefficients(n, k, upper_bound, lower_bound, generator, max_draws=max_draws)
+
+
+def pool_mixing(
+    n: int, pool: int, k: int, upper_bound: float, lower_bound: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partners from the client's training set: encoding ``i`` mixes batch image ``i`` (the first coefficient, drawn
+    with the Dirichlet's concentration 3) with ``k - 1`` distinct images of a pool of ``pool`` (InstaHide's
+    inside-dataset encoding, Huang et al. ICML 2020 Sec. 3; GradAttack draws all ``k`` from the training set).
+
+    Returns:
+        ``(partners (n, k - 1) indices into the pool, coefficients (n, k))``.
+    """
+    if pool < k - 1:
+        raise ValueError(f"the client's training set has {pool} images, fewer than the k - 1 = {k - 1} partners")
+    partners = torch.stack([torch.randperm(pool, generator=generator)[: k - 1] for _ in range(n)])
+    return partners, coefficients(n, k, upper_bound, lower_bound, generator)
+
+
+def coefficients(
+    n: int, k: int, upper_bound: float, lower_bound: float, generator: torch.Generator, *, max_draws: int = 10_000
+) -> torch.Tensor:
+    """``(n, k)`` Dirichlet(3, 1, ..., 1) coefficients, each row redrawn until it lies in the bounds."""
     concentration = torch.ones(k, dtype=torch.float64)
     concentration[0] = 3.0
-    coefficients = torch.empty(n, k, dtype=torch.float64)
+    drawn = torch.empty(n, k, dtype=torch.float64)
     for row in range(n):
         for _ in range(max_draws):
             gamma = torch._standard_gamma(concentration, generator=generator)  # Dirichlet by normalised gammas
@@ -39,8 +62,8 @@ def mixing(
                 break
         else:
             raise ValueError(f"no Dirichlet draw met the bounds [{lower_bound}, {upper_bound}] in {max_draws} tries")
-        coefficients[row] = lam
-    return partners, coefficients.float()
+        drawn[row] = lam
+    return drawn.float()
 
 
 def mixtures(values: torch.Tensor, partners: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
@@ -69,35 +92,60 @@ def check_mixing(k: int, upper_bound: float, lower_bound: float) -> None:
 class MixUp(Defense):
     """The client trains on mixtures of ``k`` of its images (and of their labels) instead of the images.
 
-    The mixing pool is the client's batch (each image appears in ``k`` encodings). This differs from Huang et al.'s
-    code (GradAttack), which draws the partners from the client's whole training set: with an in-batch pool the
-    ``N x N`` mixing is invertible from the batch alone (:func:`unmix`), so "MixUp decoded exactly" partly reflects
-    this choice. A training-set pool is not modelled yet. The attacker who inverts the update gets encodings, not
-    images; :func:`unmix` shows how far the mixed labels take it back.
+    ``pool="batch"``: the partners come from the client's batch (each image appears in ``k`` encodings; the ``N x N``
+    mixing is then invertible from the batch alone, :func:`unmix`). ``pool="dataset"``: encoding ``i`` mixes batch
+    image ``i`` with ``k - 1`` images of the client's whole training set (``client_data``, passed to
+    ``gi.observe``), as InstaHide's inside-dataset encoding and, close to it, Huang et al.'s code (GradAttack, which
+    draws all ``k`` from the training set); the batch's encodings then involve up to ``N k`` images and the in-batch
+    unmixing no longer applies ("MixUp decoded exactly" is an in-batch-pool result). The attacker who inverts the
+    update gets encodings, not images.
 
     Args:
         k: images per encoding (Huang et al.: 4).
         upper_bound: the largest coefficient allowed (Huang et al.: 0.65).
         lower_bound: the smallest coefficient allowed.
+        pool: where the partners come from, ``"batch"`` or ``"dataset"`` (see above).
     """
 
     name = "mixup"
 
-    def __init__(self, *, k: int = 4, upper_bound: float = 0.65, lower_bound: float = 0.0) -> None:
+    def __init__(self, *, k: int = 4, upper_bound: float = 0.65, lower_bound: float = 0.0, pool: str = "batch") -> None:
         check_arguments(self, locals())
         check_mixing(k, upper_bound, lower_bound)
-        self.k, self.upper_bound, self.lower_bound = k, upper_bound, lower_bound
+        if pool not in ("batch", "dataset"):
+            raise ValueError(f"pool must be 'batch' or 'dataset', got {pool!r}")
+        self.k, self.upper_bound, self.lower_bound, self.pool = k, upper_bound, lower_bound, pool
 
     def encode(
-        self, images: torch.Tensor, targets: torch.Tensor, *, generator: torch.Generator
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        generator: torch.Generator,
+        client_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pool == "dataset":
+            if client_data is None:
+                raise ValueError(
+                    f"{self.name} with pool='dataset' draws partners from the client's training set: pass "
+                    "client_data=(images, one-hot targets) (gi.observe(..., client_data=...)), or use pool='batch'"
+                )
+            pool_images, pool_targets = client_data
+            partners, weights = pool_mixing(
+                images.shape[0], pool_images.shape[0], self.k, self.upper_bound, self.lower_bound, generator
+            )
+            first = weights[:, :1].to(images)
+            mixed = first.view(-1, 1, 1, 1) * images + mixtures(pool_images, partners, weights[:, 1:])
+            return mixed, first * targets + mixtures(pool_targets.to(targets), partners, weights[:, 1:])
         if images.shape[0] < self.k:
             raise ValueError(f"{self.name} with k={self.k} needs at least {self.k} images in the client's batch")
         return mix(images, targets, *self.plan(images.shape[0], generator=generator))
 
     def plan(self, n: int, *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The partners and coefficients :meth:`encode` draws for a batch of ``n`` (the generator's first draws):
-        with the client's seed, what Huang et al.'s decoding upper bound grants the attacker."""
+        with the client's seed, what Huang et al.'s decoding upper bound grants the attacker. In-batch pool only."""
+        if self.pool != "batch":
+            raise ValueError(f"plan() gives the in-batch mixing; this {self.name} draws partners from the training set")
         return mixing(n, self.k, self.upper_bound, self.lower_bound, generator)
 
 

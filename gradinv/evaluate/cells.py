@@ -83,16 +83,22 @@ def _train(
 
 
 def run_cell(config: dict[str, Any]) -> dict[str, Any]:
-    """Run one cell; returns ``summary``, per-image ``rows``, and ``originals`` / ``reconstructions`` tensors."""
-    images, labels = data.load(
+    """Run one cell; returns ``summary``, per-image ``rows``, and ``originals`` / ``reconstructions`` tensors.
+
+    The client's training set is the first ``client_images`` images of the cell's seeded draw (its batches are the
+    first ``images``): MixUp/InstaHide with ``pool="dataset"`` draw their partners from it."""
+    pooled = any(params.get("pool") == "dataset" for _, params in config["defenses"])
+    client_images, client_labels = data.load(
         config["data"],
-        n=config["images"],
+        n=max(config["client_images"], config["images"]) if pooled else config["images"],
         size=config["size"],
         seed=config["seed"],
         channels=config["channels"],
         num_classes=config["num_classes"],
         root=config["root"],
     )
+    images, labels = client_images[: config["images"]], client_labels[: config["images"]]
+    client_data = (client_images, client_labels) if pooled else None
     threat = ThreatModel(normalization=NORMALIZATIONS[config["normalization"]], **config["threat"])
     attack = attacks.make(config["attack"], **config["attack_options"])
     b = config["batch_size"]
@@ -105,10 +111,11 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
         chain = [defenses.make(name, **params) for name, params in config["defenses"]]  # fresh: DP-SGD accounting
         model = attack.prepare_model(_model(config), threat)
         client_seed = config["seed"] * 100_003 + batch
-        rec = attack.reconstruct(observe(model, x, y, threat=threat, seed=client_seed, defenses=chain))
+        observed = observe(model, x, y, threat=threat, seed=client_seed, defenses=chain, client_data=client_data)
+        rec = attack.reconstruct(observed)
         scores = metrics.score(rec, x, y)
         label_counts.append(scores.get("label_count_acc"))
-        encoded, _ = encode_batch(x, y, config["num_classes"], chain, seed=client_seed)
+        encoded, _ = encode_batch(x, y, config["num_classes"], chain, seed=client_seed, client_data=client_data)
         # PSNR of each returned image against the encoding it is closest to (MixUp/InstaHide), by returned image
         by_match = {} if encoded is x else {e["match"]: e["psnr"] for e in metrics.score(rec, encoded)["per_image"]}
         seconds.append(rec.seconds)

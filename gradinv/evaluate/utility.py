@@ -135,7 +135,9 @@ def utility(
         order = torch.randperm(train_x.shape[0], generator=generator)
         for b in range(per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            x, y = encode_batch(train_x[idx], train_y[idx], num_classes, defenses, seed=seed * 1_000_003 + step)
+            x, y = encode_batch(
+                train_x[idx], train_y[idx], num_classes, defenses, seed * 1_000_003 + step, (train_x, train_y)
+            )
             inputs = normalize(x, normalization)
             model.train()
             update = defended_update(model, inputs, y, threat, trainer, generator)

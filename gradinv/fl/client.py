@@ -190,18 +190,34 @@ def defended_update(
 
 
 def encode_batch(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, defenses: Sequence[Defense], seed: int = 0
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    defenses: Sequence[Defense],
+    seed: int = 0,
+    client_data: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The data a client with ``defenses`` trains on: its images and labels, or, if a defense obscures data (MixUp,
     InstaHide), the encodings and ``(N, K)`` soft labels. :func:`observe` calls this with its ``seed``, so evaluation
-    code gets the very encodings the client used."""
+    code gets the very encodings the client used. ``client_data``: the client's training set ``(images, labels)``,
+    for defenses that draw from it (MixUp with ``pool="dataset"``)."""
     encoders = [d for d in defenses if type(d).encode is not Defense.encode]
     if not encoders:
         return images, labels
     generator = torch.Generator().manual_seed(seed)
     targets = F.one_hot(labels, num_classes).float()
+    pool = None
+    if client_data is not None:
+        pool_images, pool_labels = client_data
+        pool_images = check_images(pool_images, name="client_data images")
+        pool_labels = check_labels(pool_labels, pool_images.shape[0], num_classes)
+        if pool_images.shape[1:] != images.shape[1:]:
+            raise ValueError(
+                f"client_data images have shape {tuple(pool_images.shape[1:])}, the batch's {tuple(images.shape[1:])}"
+            )
+        pool = (pool_images, F.one_hot(pool_labels, num_classes).float())
     for defense in encoders:
-        images, targets = defense.encode(images, targets, generator=generator)
+        images, targets = defense.encode(images, targets, generator=generator, client_data=pool)
     return images, targets
 
 
@@ -213,6 +229,7 @@ def observe(
     threat: ThreatModel | None = None,
     seed: int = 0,
     defenses: Sequence[Defense] = (),
+    client_data: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Observation:
     """Simulate one client sharing its update and return all the attacker sees.
 
@@ -224,6 +241,8 @@ def observe(
         seed: seeds the client's randomness (dropout, defense noise).
         defenses: applied in order to the update before it is shared; their configurations go into the observation
             (the server knows which defense the protocol runs).
+        client_data: the client's whole training set ``(images, labels)`` (the batch's images may be part of it),
+            for defenses that draw from it: MixUp/InstaHide with ``pool="dataset"``.
     """
     threat = threat or ThreatModel()
     if not isinstance(threat, ThreatModel):
@@ -240,7 +259,7 @@ def observe(
     image_shape = tuple(images.shape[1:])
     num_classes = num_outputs(model, image_shape)
     labels = check_labels(labels, images.shape[0], num_classes)
-    images, targets = encode_batch(images, labels, num_classes, defenses, seed)
+    images, targets = encode_batch(images, labels, num_classes, defenses, seed, client_data)
     inputs = normalize(images, threat.normalization)
     broadcast = copy.deepcopy(model).train(threat.bn_mode == "train")
     client = copy.deepcopy(broadcast)

@@ -21,10 +21,11 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return images[pick], labels[pick]
 
 
-def _attack(images: torch.Tensor, labels: torch.Tensor, defense: gi.defenses.Defense):
+def _attack(images: torch.Tensor, labels: torch.Tensor, defense: gi.defenses.Defense, client_data=None):
     model = gi.models.make("mlp", image_shape=(1, 16, 16), hidden=(2000,), seed=0)
-    obs = gi.observe(model, images, labels, threat=gi.ThreatModel(normalization=NORM), defenses=[defense])
-    encodings, soft = encode_batch(images, labels, 10, [defense], seed=0)
+    threat = gi.ThreatModel(normalization=NORM)
+    obs = gi.observe(model, images, labels, threat=threat, defenses=[defense], client_data=client_data)
+    encodings, soft = encode_batch(images, labels, 10, [defense], seed=0, client_data=client_data)
     return obs, gi.attacks.make("spear").reconstruct(obs), encodings, soft
 
 
@@ -42,7 +43,27 @@ def test_mixup_leaves_encodings_and_its_labels_give_the_images_back(digits) -> N
     unmixed = gi.metrics.score(decoded, images, labels)
     assert unmixed["psnr"] > 60 and unmixed["exact_fraction"] == 1.0 and unmixed["label_acc"] == 1.0
     assert soft.shape == (6, 10) and torch.allclose(soft.sum(1), torch.ones(6))
-    assert obs.defenses == [{"name": "mixup", "k": 4, "upper_bound": 0.65, "lower_bound": 0.0}]
+    assert obs.defenses == [{"name": "mixup", "k": 4, "upper_bound": 0.65, "lower_bound": 0.0, "pool": "batch"}]
+
+
+def test_with_partners_from_the_training_set_the_batch_cannot_be_unmixed(digits) -> None:
+    # Prepare: the client's training set is 100 digits (the batch's six among them), as Huang et al.'s code mixes
+    images, labels = digits
+    pool = gi.data.load("mnist_subset", indices=list(range(0, 5000, 50)), size=16, channels=1)
+    defense = gi.defenses.make("mixup", k=4, pool="dataset")
+    # Execute
+    obs, rec, encodings, soft = _attack(images, labels, defense, client_data=pool)
+    targets = classifier_targets(obs, normalize(rec.images, NORM)).float()
+    # Assert: each encoding is batch image i plus three training-set images: SPEAR still reads the encodings
+    # exactly, but their labels now name more classes than there are encodings, and the in-batch unmixing that
+    # decoded the batch pool exactly (above) has nothing to invert
+    assert gi.metrics.score(rec, encodings, labels)["exact_fraction"] == 1.0
+    assert gi.metrics.score(rec, images, labels)["psnr"] < 25
+    with pytest.raises(ValueError, match="needs 6 distinct classes"):
+        unmix(rec.images, targets)
+    assert int((soft.sum(0) > 0.01).sum()) > 6 and obs.defenses[0]["pool"] == "dataset"
+    with pytest.raises(ValueError, match="client_data"):
+        gi.observe(obs.model, images, labels, defenses=[defense])
 
 
 def test_instahide_leaves_only_the_magnitude_of_the_mixture(digits) -> None:
