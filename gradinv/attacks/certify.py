@@ -72,44 +72,94 @@ def obstacle(observation: Observation) -> str | None:
     return coupling(observation.model, observation.threat.bn_mode == "train")
 
 
-def output_gradients(observation: Observation, module_name: str, inputs: torch.Tensor) -> torch.Tensor:
-    """``(N, K, *out)``: for each input and each label ``k``, the gradient of that one sample's cross-entropy with
-    label ``k`` with respect to the output of ``module_name``, times :func:`update_scale` (its share of the update).
+SHARE_BUDGET = 1 << 25
+"""Elements (float32) of predicted gradients held at once: candidates are processed in chunks that fit."""
+
+
+LABEL_CANDIDATES = 64
+"""Labels tried per image: all of them up to this many classes; beyond, the ``max(64, 4 B)`` likeliest."""
+
+
+def label_candidates(observation: Observation) -> torch.Tensor:
+    """The classes tried as an image's label: every class when there are at most ``max(64, 4 B)``; otherwise those
+    whose classifier bias gradient (without a bias: weight-row sum) is smallest. ``(1/B) sum_n (p_nk - y_nk)`` is lower
+    by ``1/B`` per sample of class ``k`` than it would be without them, so the batch's classes come first whenever the
+    outputs are not far from uniform. Leaving a class out can only make a consistency check fail, never pass: it
+    saves time on large label sets (ImageNet's 1000) without risking a false certificate."""
+    from gradinv.attacks.labels import classifier  # labels imports the observation; this module is imported early
+
+    keep = max(LABEL_CANDIDATES, 4 * (observation.batch_size or 1))
+    if observation.num_classes <= keep:
+        return torch.arange(observation.num_classes)
+    weight_name, bias_name = classifier(observation.model)
+    scores = observation.update[bias_name] if bias_name else observation.update[weight_name].sum(dim=1)
+    return scores.argsort()[:keep].sort().values
+
+
+class Shares:
+    """Each candidate input's share of the update at the output of ``module_name``, per candidate label: the
+    gradient of that one sample's cross-entropy with label ``k``, times :func:`update_scale`.
 
     Cross-entropy's gradient at the logits is ``p - e_k``, so with ``J`` the Jacobian of the logits by the module's
-    output the answer is ``J^T p - J^T e_k``: one batched backward pass over the ``K`` unit vectors.
+    output the share is ``scale * (J^T p - J^T e_k)``: per chunk of candidates one backward pass for ``J^T p`` and
+    one batched pass over the candidate labels' unit vectors. Chunks hold at most :data:`SHARE_BUDGET` elements;
+    ``shares[i]`` computes the chunk holding candidate ``i`` (the last one is kept).
 
     Raises:
-        ValueError: :func:`obstacle` names a reason (the caller checks it first), or the module runs more than once.
+        ValueError: :func:`obstacle` names a reason (callers check it first), or the module runs more than once.
     """
-    reason = obstacle(observation)
-    if reason is not None:
-        raise ValueError(reason)
-    from gradinv.attacks.base import attacker_model  # base imports this module
 
-    model = attacker_model(observation)
-    module = model.get_submodule(module_name)
-    captured: list[torch.Tensor] = []
-    hook = module.register_forward_hook(lambda _m, _a, out: captured.append(out))
-    try:
-        logits = model(inputs)
-    finally:
-        hook.remove()
-    if len(captured) != 1:
-        raise ValueError(f"module {module_name!r} ran {len(captured)} times in one forward pass")
-    out = captured[0]
-    n, k = logits.shape
-    units = torch.eye(k, dtype=logits.dtype).unsqueeze(1).expand(k, n, k)
-    try:
-        (jt,) = torch.autograd.grad(logits, out, grad_outputs=units, is_grads_batched=True)
-    except RuntimeError:  # an operation without a batching rule: one backward pass per class
-        jt = torch.stack([torch.autograd.grad(logits, out, units[c], retain_graph=True)[0] for c in range(k)])
-    jt = jt.transpose(0, 1).double()  # (N, K, *out): J^T e_k per sample
-    p = torch.softmax(logits.detach().double(), dim=1)
-    base = torch.einsum("nk,nk...->n...", p, jt)
-    scale = update_scale(observation)
-    assert scale is not None  # obstacle() checked the batch size
-    return scale * (base.unsqueeze(1) - jt)
+    def __init__(self, observation: Observation, module_name: str, inputs: torch.Tensor) -> None:
+        reason = obstacle(observation)
+        if reason is not None:
+            raise ValueError(reason)
+        from gradinv.attacks.base import attacker_model  # base imports this module
+
+        self.model = attacker_model(observation)
+        self.module = self.model.get_submodule(module_name)
+        self.module_name, self.inputs = module_name, inputs
+        self.labels = label_candidates(observation)
+        scale = update_scale(observation)
+        assert scale is not None  # obstacle() checked the batch size
+        self.scale = scale
+        width = self._run(inputs[:1])[0].numel()
+        self.chunk = max(1, SHARE_BUDGET // max(width * len(self.labels), 1))
+        self._held: tuple[int, torch.Tensor] | None = None
+
+    def _run(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        hook = self.module.register_forward_hook(lambda _m, _a, out: captured.append(out))
+        try:
+            logits = self.model(inputs)
+        finally:
+            hook.remove()
+        if len(captured) != 1:
+            raise ValueError(f"module {self.module_name!r} ran {len(captured)} times in one forward pass")
+        return captured[0], logits
+
+    def compute(self, start: int) -> torch.Tensor:
+        """``(c, L, D)`` shares of the candidates ``start .. start + c`` for the ``L`` candidate labels."""
+        out, logits = self._run(self.inputs[start : start + self.chunk])
+        n = logits.shape[0]
+        p = torch.softmax(logits.detach(), dim=1)
+        (base,) = torch.autograd.grad(logits, out, grad_outputs=p, retain_graph=True)
+        units = torch.zeros(len(self.labels), n, logits.shape[1], dtype=logits.dtype)
+        units[torch.arange(len(self.labels)), :, self.labels] = 1.0
+        try:
+            (jt,) = torch.autograd.grad(logits, out, grad_outputs=units, is_grads_batched=True)
+        except RuntimeError:  # an operation without a batching rule: one backward pass per label
+            jt = torch.stack([torch.autograd.grad(logits, out, u, retain_graph=True)[0] for u in units])
+        return self.scale * (base.flatten(1).unsqueeze(1) - jt.flatten(2).transpose(0, 1)).detach()
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        """``(L, D)``: candidate ``i``'s share for each candidate label (``self.labels``)."""
+        start = i - i % self.chunk
+        if self._held is None or self._held[0] != start:
+            self._held = (start, self.compute(start))
+        return self._held[1][i - start]
 
 
 def best_label(predicted: torch.Tensor, observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,8 +170,9 @@ def best_label(predicted: torch.Tensor, observed: torch.Tensor) -> tuple[torch.T
         observed: ``(N, r)`` the observed entries.
 
     Returns:
-        ``(labels (N,), relative L2 error (N,))``.
+        ``(label positions (N,), relative L2 error (N,))``.
     """
+    predicted, observed = predicted.double(), observed.double()
     error = (predicted - observed.unsqueeze(1)).norm(dim=2) / observed.norm(dim=1, keepdim=True).clamp_min(1e-300)
     best, labels = error.min(dim=1)
     return labels, best
@@ -157,13 +208,13 @@ def certify_samples(
     reason = obstacle(observation)
     if reason is not None or count == 0:
         return [False] * count, [-1] * count, [float("nan")] * count, reason or "nothing to certify"
-    predicted = output_gradients(observation, module_name, inputs).flatten(2)
+    shares = Shares(observation, module_name, inputs)
     certified, labels, errors = [], [], []
     for i, (values, index) in enumerate(zip(observed, entries, strict=True)):
-        label, error = best_label(predicted[i : i + 1, :, index], values.double()[None])
+        position, error = best_label(shares[i][None, :, index], values[None])
         ok = bool(error[0] < CONSISTENCY_TOL)
         certified.append(ok and len(index) >= min_entries)
-        labels.append(int(label[0]) if ok else -1)
+        labels.append(int(shares.labels[position[0]]) if ok else -1)
         errors.append(float(error[0]))
     evidence = (
         f"one-sample consistency: the gradient of the {min_entries} or more entries each image was read from equals "

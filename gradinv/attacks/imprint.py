@@ -11,7 +11,7 @@ from torch import nn
 from gradinv.attacks import labels as label_recovery
 from gradinv.attacks.base import Attack, Callback, Result
 from gradinv.attacks.bias_trick import read_off
-from gradinv.attacks.certify import best_label, obstacle, output_gradients
+from gradinv.attacks.certify import Shares, best_label, obstacle
 from gradinv.attacks.exact import check_single_step, malicious_input_shape
 from gradinv.fl.client import denormalize
 from gradinv.observation import UNKNOWN_LABEL, Normalization, Observation, ThreatModel
@@ -196,7 +196,7 @@ def certify_bins(
     k = second.shape[0]
     difference = second - torch.cat([second[1:], torch.zeros_like(second[:1])])
     gaps = torch.cat([thresholds[1:] - thresholds[:-1], torch.zeros(1, dtype=torch.float64)])
-    predicted = output_gradients(observation, name, inputs).flatten(2)  # (M, K, D): s G_x(y)
+    shares = Shares(observation, name, inputs)  # shares[i]: (L, D) = s G_x(y) for the candidate labels
     known = {k: torch.zeros(second.shape[1], dtype=torch.float64)}
     known[0] = observation.update[f"{name}.linear1.bias"].double()
     for j in range(k - 1):
@@ -212,11 +212,12 @@ def certify_bins(
             upper = j + 1 in known
             own = difference[j] - gaps[j] * known[j + 1 if upper else j]
             edge = float(thresholds[j]) if upper else float(thresholds[j]) + float(gaps[j])
-            label, error = best_label((float(brightness[i]) - edge) * predicted[i : i + 1], own[None])
+            share = shares[i]
+            position, error = best_label((float(brightness[i]) - edge) * share[None], own[None])
             errors[i] = min(float(error[0]), errors[i]) if errors[i] == errors[i] else float(error[0])
             if errors[i] < IMPRINT_TOL:
-                certified[i], labels[i], progress = True, int(label[0]), True
-                step = predicted[i, labels[i]]
+                certified[i], labels[i], progress = True, int(shares.labels[position[0]]), True
+                step = share[int(position[0])].double()
                 known[j] = known[j + 1] + step if upper else known[j]
                 known[j + 1] = known[j] - step
     evidence = (

@@ -6,7 +6,7 @@ from torch import nn
 
 import gradinv as gi
 from gradinv.attacks.base import Attack, Result
-from gradinv.attacks.certify import certify_samples, coupling, obstacle, output_gradients
+from gradinv.attacks.certify import Shares, certify_samples, coupling, obstacle
 from gradinv.fl.client import normalize
 
 NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -79,7 +79,7 @@ def test_coupled_models_withheld_batch_sizes_and_defenses_block_one_sample_certi
     for message, observation in cases.items():
         assert message in str(obstacle(observation))
         with pytest.raises(ValueError, match=message):
-            output_gradients(observation, "net.1", normalize(images, None))
+            Shares(observation, "net.1", normalize(images, None))
     assert obstacle(gi.observe(mlp, images, labels)) is None
 
 
