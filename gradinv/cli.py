@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,6 +77,32 @@ def _threat(normalize: str, **fields: Any) -> ThreatModel:
     if normalize not in NORMALIZATIONS:
         raise typer.BadParameter(f"--normalize must be one of {list(NORMALIZATIONS)}, got {normalize!r}")
     return ThreatModel(normalization=NORMALIZATIONS[normalize], **fields)
+
+
+@contextmanager
+def _removed_on_failure(out: Path, *, keep_results: bool = False) -> Iterator[None]:
+    """Remove ``out`` if this command created it and then failed (an error, not Ctrl-C), so that a failed start
+    leaves nothing behind to block the retry. ``keep_results``: keep it once it holds a finished grid cell."""
+    existed = out.exists()
+    try:
+        yield
+    except Exception:
+        if not existed and out.exists() and not (keep_results and _has_cells(out)):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _has_cells(out: Path) -> bool:
+    import sqlite3
+
+    database = out / "results.sqlite"
+    if not database.exists():
+        return False
+    try:
+        with sqlite3.connect(database) as db:
+            return bool(db.execute("SELECT COUNT(*) FROM cells").fetchone()[0])
+    except sqlite3.Error:
+        return False
 
 
 def _print_summary(record: dict[str, Any], out: Path) -> None:
@@ -162,7 +189,7 @@ def attack(
             seed=seed,
             model_seed=model_seed,
         )
-        with _progress() as factory:
+        with _progress() as factory, _removed_on_failure(out):
             record = run(config, out, overwrite=overwrite, progress=factory)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
@@ -289,7 +316,7 @@ def audit_command(
             run_all=run_all,
             seed=seed,
         )
-        with _progress() as factory:
+        with _progress() as factory, _removed_on_failure(out):
             record = audit(config, out, overwrite=overwrite, progress=factory)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
@@ -327,9 +354,10 @@ def evaluate_grid(
                 bar.update(task, completed=done, total=total)
                 bar.console.print(f"  {description}", soft_wrap=True, markup=False)
 
-            report = evaluate(
-                grid, out, resume=resume, backend=backend, address=address, num_cpus=num_cpus, progress=progress
-            )
+            with _removed_on_failure(out, keep_results=True):
+                report = evaluate(
+                    grid, out, resume=resume, backend=backend, address=address, num_cpus=num_cpus, progress=progress
+                )
     except (ValueError, FileExistsError, ImportError) as err:
         console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(code=2) from err

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 import gradinv as gi
@@ -109,3 +110,17 @@ def test_bad_options_give_clear_errors(tmp_path) -> None:
         result = runner.invoke(app, ["attack", "--out", str(tmp_path / str(index)), "--size", "16", *extra])
         assert result.exit_code == 2, result.output
         assert message in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["attack", "--data", "skimage", "--index", "99"],
+        ["attack", "--attack", "rgap", "--model", "convnet", "--opt", "rcond=0.5"],
+        ["audit", "--model", "missing.py:Net", "--data", "nowhere", "-b", "1"],
+    ],
+)
+def test_a_failed_start_leaves_no_output_folder(tmp_path, args) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code != 0 and not out.exists(), result.output
