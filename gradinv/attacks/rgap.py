@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg.lapack import dpocon
 from scipy.optimize import brentq
 from scipy.sparse import coo_matrix
 from torch import nn
@@ -263,12 +265,27 @@ def conv_system(
     return matrix, np.concatenate(rhs), n_fwd, n_grad
 
 
-def solve_normal(matrix: coo_matrix, rhs: np.ndarray, rcond: float) -> tuple[np.ndarray, int, np.ndarray]:
-    """Minimum-norm least squares through the normal equations ``A^T A x = A^T c`` (eigendecomposition, singular
-    values of ``A`` below ``rcond * s_max`` dropped). Returns ``(x, rank, singular values)``."""
+def solve_normal(matrix: coo_matrix, rhs: np.ndarray, rcond: float) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """Minimum-norm least squares through the normal equations ``A^T A x = A^T c`` (singular values of ``A`` below
+    ``rcond * s_max`` dropped). Returns ``(x, rank, singular values or None)``.
+
+    First a Cholesky factorisation of ``G = A^T A`` with LAPACK's condition estimate: when it proves ``G`` far from
+    singular (``1 / cond_1(G) > 10 n rcond^2``, which bounds ``cond_2(G) <= n cond_1(G)`` below ``1 / rcond^2`` even if
+    the estimate is off by 10x), ``A`` has full column rank and one triangular solve gives ``x`` (singular values
+    ``None``); this is R-GAP's rank-sufficient case, about 10x faster than the eigendecomposition, which handles the
+    rest.
+    """
     csr = matrix.tocsr()
     gram = (csr.T @ csr).toarray()
     right = csr.T @ rhs
+    n = gram.shape[0]
+    try:
+        factor = cho_factor(gram, check_finite=False)
+        estimate, info = dpocon(factor[0], float(np.abs(gram).sum(axis=0).max()))
+        if info == 0 and estimate > 10 * n * rcond**2:
+            return cho_solve(factor, right, check_finite=False), n, None
+    except np.linalg.LinAlgError:  # not positive definite: rank-deficient, or nearly
+        pass
     eigenvalues, vectors = np.linalg.eigh(gram)
     singular = np.sqrt(np.clip(eigenvalues, 0.0, None))[::-1]
     keep = eigenvalues > (rcond * singular[0]) ** 2
