@@ -106,6 +106,7 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
     shown = torch.zeros_like(images)
     seconds, steps, chain = [], [], []
     label_counts: list[float | None] = []
+    evidence: list[str] = []  # what each batch's certificates rest on (or why there are none), once each
     for batch in range(images.shape[0] // b):
         x, y = images[batch * b : (batch + 1) * b], labels[batch * b : (batch + 1) * b]
         chain = [defenses.make(name, **params) for name, params in config["defenses"]]  # fresh: DP-SGD accounting
@@ -115,6 +116,8 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
         rec = attack.reconstruct(observed)
         scores = metrics.score(rec, x, y)
         label_counts.append(scores.get("label_count_acc"))
+        if rec.certificate not in evidence:
+            evidence.append(rec.certificate)
         encoded, _ = encode_batch(x, y, config["num_classes"], chain, seed=client_seed, client_data=client_data)
         # PSNR of each returned image against the encoding it is closest to (MixUp/InstaHide), by returned image
         by_match = {} if encoded is x else {e["match"]: e["psnr"] for e in metrics.score(rec, encoded)["per_image"]}
@@ -150,6 +153,7 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
         "label_acc": present_mean([r.get("label_ok") for r in rows]),
         "exact_fraction": statistics.fmean(r["exact"] for r in rows),
         "certified_fraction": statistics.fmean(r["certified"] for r in rows),
+        "certificates": evidence,
         "label_count_acc": present_mean(label_counts),
         "matched_fraction": sum(r.get("psnr") is not None for r in rows) / len(rows),
         "attack_seconds_per_batch": per_batch,

@@ -102,6 +102,14 @@ def test_grid_records_every_cell_and_image(finished: Path) -> None:
     summary = done["summary"]
     assert summary["attack_iterations"] == 20 and summary["attack_seconds_per_batch"] > 0
     assert summary["cost"]["inversions"] == 2 and summary["cost"]["seconds"] > 0
+    assert summary["certified_fraction"] == 0 and "never certified" in summary["certificates"][0]
+    exact = next(
+        c
+        for c in cells
+        if c["status"] == "done" and c["config"]["attack"] == "bias_trick" and not c["config"]["defenses"]
+    )
+    assert exact["summary"]["certified_fraction"] == 1.0 and "consistency" in exact["summary"]["certificates"][0]
+    assert all(row["certified"] == 1 for row in store.images(exact["key"]))
     accuracies = {
         json.loads(c)["defenses"] and "prune" or "none": a
         for c, a in store.db.execute("SELECT config, accuracy FROM utility")
