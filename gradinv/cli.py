@@ -250,6 +250,9 @@ def flower_demo(
     for name in attack_names:
         table.add_column(name)
     for r in records:
+        if "failed" in r:  # a reply the wrapper could not read: not audited, the round went on
+            table.add_row(str(r["round"]), r["target"], *[f"not audited: {r['failed']}"] * len(attack_names))
+            continue
         cells = [a.get("scores", {}).get("psnr", a.get("error", "")) for a in r["attacks"].values()]
         table.add_row(str(r["round"]), r["target"], *(f"{c:.1f}" if isinstance(c, float) else str(c) for c in cells))
     console.print(table)
