@@ -12,8 +12,9 @@ from gradinv.attacks import labels as label_recovery
 from gradinv.attacks.base import Attack, Callback, Result
 from gradinv.attacks.bias_trick import read_off
 from gradinv.attacks.certify import Shares, best_label, obstacle
-from gradinv.attacks.exact import check_single_step, malicious_input_shape
-from gradinv.fl.client import denormalize
+from gradinv.attacks.exact import check_single_step, classifier_targets, malicious_input_shape
+from gradinv.attacks.imprint_labels import coupled_labels, observed_input_gradients
+from gradinv.fl.client import denormalize, normalize
 from gradinv.observation import UNKNOWN_LABEL, Normalization, Observation, ThreatModel
 from gradinv.validation import check_arguments, check_positive_int
 
@@ -152,6 +153,9 @@ class Imprint(Attack):
         certified, labels, errors, evidence = certify_bins(
             observation, name, thresholds, hit[keep], inputs[keep], brightness[keep]
         )
+        coupled = self._coupled_labels(observation, name, thresholds, hit, keep, inputs, brightness)
+        if coupled is not None:
+            labels = coupled
         n = observation.batch_size or self.batch_size or len(keep)
         # certified bins first, then the strongest remaining bins
         order = sorted(range(len(keep)), key=lambda i: (not certified[i], -float(d_bias[hit[keep[i]]].abs())))[:n]
@@ -159,8 +163,47 @@ class Imprint(Attack):
         result = read_off(observation, inputs[keep], checks, evidence, order, self.label_strategy)
         if callback is not None:
             callback(1, 1, 0.0)
+        if coupled is not None and not all(result.certified or []):
+            result.info["label_source"] = (
+                "each bin's own input gradient, read off the module's second layer, fitted inside an approximate "
+                "batch (train-mode BatchNorm couples the samples; not certified)"
+            )
         result.info.update(bins_hit=len(hit), single_sample_candidates=len(keep), returned=len(order))
         return result
+
+    def _coupled_labels(
+        self,
+        observation: Observation,
+        name: str,
+        thresholds: torch.Tensor,
+        hit: torch.Tensor,
+        keep: torch.Tensor,
+        inputs: torch.Tensor,
+        brightness: torch.Tensor,
+    ) -> list[int] | None:
+        """Where only the batch couples the samples' gradients (train-mode BatchNorm, nothing else in the way), each
+        kept image's label from its own input gradient (:mod:`gradinv.attacks.imprint_labels`); ``None`` elsewhere.
+        The batch for the fit is the kept images, then the mixed bins' candidates (clamped) standing in for the
+        samples not recovered; every place starts from the least-squares labels of the classifier's gradient."""
+        threat, size = observation.threat, observation.batch_size
+        reason = obstacle(observation)
+        if size is None or reason is None or "BatchNorm" not in reason or observation.defenses:
+            return None
+        if threat.update == "fedavg" and threat.local_batch_size is not None and threat.local_batch_size < size:
+            return None
+        mixed = [int(i) for i in range(len(hit)) if i not in set(keep.tolist())]
+        missing = size - len(keep)
+        if missing < 0:
+            return None
+        normalization = threat.normalization
+        fill = [normalize(denormalize(inputs[i : i + 1], normalization).clamp(0, 1), normalization) for i in mixed]
+        if missing and not fill:
+            fill = [inputs[keep].mean(dim=0, keepdim=True)]
+        batch = torch.cat([inputs[keep], *[fill[i % len(fill)] for i in range(missing)]])
+        guess = classifier_targets(observation, batch, size).argmax(dim=1)
+        observed = observed_input_gradients(observation, name, thresholds, hit[keep], brightness[keep])
+        fitted = coupled_labels(observation, name, batch, guess, observed)
+        return [int(v) for v in fitted[: len(keep)]]
 
 
 def certify_bins(
