@@ -79,6 +79,19 @@ def _threat(normalize: str, **fields: Any) -> ThreatModel:
     return ThreatModel(normalization=NORMALIZATIONS[normalize], **fields)
 
 
+PYTHON_TO_CLI = {
+    "pass overwrite=True (--overwrite)": "add --overwrite",
+    "pass resume=True (--resume) to continue it": "add --resume to continue it",
+}
+"""Library messages name Python arguments; on the command line the same advice names the flags."""
+
+
+def _cli_spelling(message: str) -> str:
+    for python, cli in PYTHON_TO_CLI.items():
+        message = message.replace(python, cli)
+    return message
+
+
 @contextmanager
 def _removed_on_failure(out: Path, *, keep_results: bool = False) -> Iterator[None]:
     """Remove ``out`` if this command created it and then failed (an error, not Ctrl-C), so that a failed start
@@ -192,7 +205,7 @@ def attack(
         with _progress() as factory, _removed_on_failure(out):
             record = run(config, out, overwrite=overwrite, progress=factory)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     _print_summary(record, out)
 
@@ -218,7 +231,7 @@ def demo(
         with _progress() as factory:
             record = run(config, out, overwrite=overwrite, progress=factory)
     except FileExistsError as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     _print_summary(record, out)
 
@@ -235,14 +248,14 @@ def flower_demo(
     try:
         from gradinv.fl import flower
     except ImportError as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     try:
         records = flower.demo(
             out, clients=clients, secure_aggregation=secure_aggregation, attacks=attack_names, overwrite=overwrite
         )
     except (ValueError, TypeError, FileExistsError) as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     table = Table(title="what the Flower server recovered (PSNR, dB)")
     table.add_column("round")
@@ -322,7 +335,7 @@ def audit_command(
         with _progress() as factory, _removed_on_failure(out):
             record = audit(config, out, overwrite=overwrite, progress=factory)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     _print_summary(record, out)
     verdict = record["audit"]["verdict"]
@@ -346,12 +359,12 @@ def evaluate_grid(
     try:
         grid = load_grid(grid_file)
     except (GridError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     try:
         with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
-            task = bar.add_task(f"grid {grid.name} ({len(grid.cells)} cells)", total=None)
+            task = bar.add_task(f"grid {grid.name}: jobs", total=None)
 
             def progress(done: int, total: int, description: str) -> None:
                 bar.update(task, completed=done, total=total)
@@ -362,7 +375,7 @@ def evaluate_grid(
                     grid, out, resume=resume, backend=backend, address=address, num_cpus=num_cpus, progress=progress
                 )
     except (ValueError, FileExistsError, ImportError) as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     _print_results(out)
     console.print(f"report: [bold]{report}[/bold]")

@@ -124,3 +124,13 @@ def test_a_failed_start_leaves_no_output_folder(tmp_path, args) -> None:
     out = tmp_path / "run"
     result = runner.invoke(app, [*args, "--out", str(out)])
     assert result.exit_code != 0 and not out.exists(), result.output
+
+
+def test_errors_use_the_command_line_spelling(tmp_path) -> None:
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "something").write_text("x")
+    result = runner.invoke(app, ["attack", "--out", str(out), "--attack", "idlg", "--opt", "steps=1"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "add --overwrite" in text and "overwrite=True" not in text
+    assert (out / "something").exists()  # a folder the command did not create is never removed

@@ -127,9 +127,15 @@ def evaluate(
     try:
         pending = jobs(grid, store)
         total = len(pending)
-        log.info(
-            "%d of %d cells left, %d utility trainings", sum(j[0] == "cell" for j in pending), len(grid.cells), total
+        cells_left = sum(j[0] == "cell" for j in pending)
+        start = (
+            f"{cells_left} of {len(grid.cells)} cells to run, {total - cells_left} utility trainings"
+            if total
+            else f"all {len(grid.cells)} cells already done"
         )
+        log.info(start)
+        if progress is not None:
+            progress(0, total, start)
         stream = _local(pending) if backend == "local" else _ray(pending, address, num_cpus)
         for done, (job, result) in enumerate(stream, start=1):
             description = _save(store, folder, job, result)

@@ -165,17 +165,25 @@ def test_killed_run_resumes_without_recomputing(grid_file: Path, tmp_path: Path)
     store.close()
     assert 2 <= len(before) < 8
     # Execute: resume, counting the jobs that run
-    ran: list[str] = []
+    ran: list[tuple[int, int, str]] = []
     gi.evaluate.evaluate(
-        gi.evaluate.load_grid(grid_file), out, resume=True, progress=lambda d, t, desc: ran.append(desc)
+        gi.evaluate.load_grid(grid_file), out, resume=True, progress=lambda d, t, desc: ran.append((d, t, desc))
     )
-    # Assert: only the missing cells ran, the recorded ones are untouched, the grid is complete
+    # Assert: only the missing cells ran, the recorded ones are untouched, the grid is complete; the first report
+    # says how many jobs there are and the counts end at that total
     store = Store(database)
     after = {c["key"]: c for c in store.cells()}
-    cell_jobs = [d for d in ran if not d.startswith("utility")]
+    cell_jobs = [d for _, _, d in ran[1:] if not d.startswith("utility")]
     assert len(after) == 8 and len(cell_jobs) == 8 - len(before)
+    assert ran[0][0] == 0 and f"{8 - len(before)} of 8 cells to run" in ran[0][2] and ran[-1][0] == ran[0][1]
     assert all(after[k] == v for k, v in before.items())
     store.close()
+    # a second resume has nothing left and says so
+    again: list[str] = []
+    gi.evaluate.evaluate(
+        gi.evaluate.load_grid(grid_file), out, resume=True, progress=lambda d, t, desc: again.append(desc)
+    )
+    assert again == ["all 8 cells already done"]
 
 
 def test_ray_backend_matches_in_process(finished: Path, grid_file: Path, tmp_path: Path) -> None:
