@@ -251,8 +251,14 @@ def flower_demo(
         console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     try:
+        verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
         records = flower.demo(
-            out, clients=clients, secure_aggregation=secure_aggregation, attacks=attack_names, overwrite=overwrite
+            out,
+            clients=clients,
+            secure_aggregation=secure_aggregation,
+            attacks=attack_names,
+            overwrite=overwrite,
+            quiet=not verbose,
         )
     except (ValueError, TypeError, FileExistsError) as err:
         console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import copy
 import html
 import json
+import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -425,13 +427,15 @@ def simulate(
     batch_size: int | None = None,
     threat: ThreatModel | None = None,
     secure_aggregation: bool = False,
+    quiet: bool = False,
 ) -> None:
     """Run a real Flower simulation (Ray backend) of ``len(clients)`` :class:`SGDClient` s, each holding one
     ``(images, labels)`` partition, under ``strategy``; with ``secure_aggregation`` the fit rounds go through
     Flower's SecAgg+ workflow (every client's key shared with all others, all shares needed: ``num_shares=1.0``,
     ``reconstruction_threshold=1.0``) and the clients run ``secaggplus_mod``.
 
-    The broadcast model starts at ``model``'s weights (in ``state_dict`` order).
+    The broadcast model starts at ``model``'s weights (in ``state_dict`` order). ``quiet``: Flower's and Ray's
+    logging below errors is silenced (the command line does so unless ``--verbose``).
     """
     if len(clients) < 2:
         raise ValueError(f"a Flower simulation here needs >= 2 clients, got {len(clients)}")
@@ -469,12 +473,21 @@ def simulate(
 
     else:
         server_app = ServerApp(server_fn=lambda context: ServerAppComponents(strategy=strategy, config=config))
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=len(clients),
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-    )
+    backend: dict[str, Any] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+    if quiet:
+        flwr_logger = logging.getLogger("flwr")
+        flwr_logger.setLevel(logging.ERROR)
+        flwr_logger.propagate = False
+        backend["init_args"] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore")
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(clients),
+            backend_config=backend,
+        )
 
 
 def demo(
@@ -489,6 +502,7 @@ def demo(
     lr: float = 0.1,
     seed: int = 0,
     overwrite: bool = False,
+    quiet: bool = False,
 ) -> list[dict[str, Any]]:
     """A Flower simulation on bundled real images (one partition per client, an MLP, one FedAvg round) with a
     curious server; returns its records and writes ``out/report.html``."""
@@ -513,5 +527,5 @@ def demo(
         truth=lambda pid: parts[pid],
         overwrite=overwrite,
     )
-    simulate(strategy, model, parts, lr=lr, secure_aggregation=secure_aggregation)
+    simulate(strategy, model, parts, lr=lr, secure_aggregation=secure_aggregation, quiet=quiet)
     return strategy.records
