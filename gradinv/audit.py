@@ -40,7 +40,7 @@ from gradinv.analysis import applicable_attacks
 from gradinv.attacks.base import Attack, Callback
 from gradinv.fl.client import num_outputs, observe
 from gradinv.observation import Observation, Reconstruction, ThreatModel
-from gradinv.pipeline import split_options
+from gradinv.pipeline import client_training_set, split_options
 from gradinv.report.grid import PROTECTED_PSNR
 
 HONEST_EXACT = ("bias_trick", "spear", "rgap")
@@ -181,6 +181,8 @@ class AuditConfig:
     """Inverting Gradients' restarts (breaching's and inversefed's ImageNet settings use 8; a GPU affords them)."""
     run_all: bool = False
     seed: int = 0
+    client_images: int = 256
+    """The client's training set drawn from ``data`` for defenses that mix from it (MixUp's ``pool="dataset"``)."""
 
 
 def audit(
@@ -234,6 +236,16 @@ def audit(
         num_classes=num_classes,
         root=config.data,
     )
+    pool = client_training_set(
+        client_defenses,
+        config.dataset,
+        max(config.client_images, config.batch_size),
+        size=config.size,
+        seed=config.seed,
+        channels=config.channels,
+        num_classes=num_classes,
+        root=config.data,
+    )
     results: dict[str, tuple[Reconstruction, dict[str, Any]]] = {}
     observations: dict[str, Observation] = {}
     for name, attack in chosen.items():
@@ -243,7 +255,9 @@ def audit(
         if key not in observations:
             sent = attack.prepare_model(copy.deepcopy(model), config.threat) if own else model
             fresh = [defenses.make(n, **params) for n, params in config.defenses]  # DP-SGD accounts per object
-            observations[key] = observe(sent, images, labels, threat=config.threat, seed=config.seed, defenses=fresh)
+            observations[key] = observe(
+                sent, images, labels, threat=config.threat, seed=config.seed, defenses=fresh, client_data=pool
+            )
             observations[key].save(folder / ("observation" if key == "shared" else f"observation-{name}"))
         rec = attack.reconstruct(observations[key], callback=progress(name) if progress else None)
         results[name] = (rec, metrics.score(rec, images, labels))

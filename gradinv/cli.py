@@ -168,6 +168,7 @@ def attack(
     server: str = typer.Option("honest", help="honest or malicious."),
     seed: int = typer.Option(0, help="Seeds the data draw, the client and the model."),
     model_seed: int | None = typer.Option(None, help="Seeds the model's initialisation (default: --seed)."),
+    client_images: int = typer.Option(256, help="The client's training set, for MixUp/InstaHide's pool=dataset."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Simulate a client sharing its update, run attacks on it, and write a report."""
@@ -201,6 +202,7 @@ def attack(
             threat=threat,
             seed=seed,
             model_seed=model_seed,
+            client_images=client_images,
         )
         with _progress() as factory, _removed_on_failure(out):
             record = run(config, out, overwrite=overwrite, progress=factory)
@@ -305,6 +307,7 @@ def audit_command(
     option: list[str] = typer.Option([], "--opt", help="Attack option attack.key=value (repeatable)."),
     run_all: bool = typer.Option(False, "--all", help="Run every planned attack even after a certified recovery."),
     seed: int = typer.Option(0, help="Seeds which batch is drawn and the client."),
+    client_images: int = typer.Option(256, help="The client's training set, for MixUp/InstaHide's pool=dataset."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Audit your own model: can a server rebuild a client's batch from what it shares? (exact attacks first)"""
@@ -337,6 +340,7 @@ def audit_command(
             restarts=restarts,
             run_all=run_all,
             seed=seed,
+            client_images=client_images,
         )
         with _progress() as factory, _removed_on_failure(out):
             record = audit(config, out, overwrite=overwrite, progress=factory)

@@ -46,6 +46,16 @@ class RunConfig:
     threat: ThreatModel = field(default_factory=ThreatModel)
     seed: int = 0
     model_seed: int | None = None  # None: ``seed``
+    client_images: int = 256  # the client's training set, for defenses that draw from it (MixUp's pool="dataset")
+
+
+def client_training_set(client_defenses: Sequence[Any], dataset: str, n: int, **load: Any) -> tuple[Any, Any] | None:
+    """The client's training set ``(images, labels)`` when a defense draws from it (MixUp/InstaHide with
+    ``pool="dataset"``): ``n`` images of ``dataset`` (all it holds, if fewer) drawn with the run's seed, so the
+    batch's own images are among them when the batch is a seeded draw too; ``None`` when no defense needs it."""
+    if not any(getattr(d, "pool", None) == "dataset" for d in client_defenses):
+        return None
+    return data.load(dataset, n=n, up_to=True, **load)
 
 
 def split_options(names: Sequence[str], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -115,7 +125,19 @@ def run(
         seed=config.seed if config.model_seed is None else config.model_seed,
         **config.model_options,
     )
-    observation = observe(model, images, labels, threat=config.threat, seed=config.seed, defenses=client_defenses)
+    pool = client_training_set(
+        client_defenses,
+        config.data,
+        max(config.client_images, config.batch_size),
+        size=config.size,
+        seed=config.seed,
+        channels=config.channels,
+        num_classes=config.num_classes,
+        root=config.root,
+    )
+    observation = observe(
+        model, images, labels, threat=config.threat, seed=config.seed, defenses=client_defenses, client_data=pool
+    )
     observation.save(folder / "observation")
     results = {}
     for name, attack in chosen.items():

@@ -134,3 +134,13 @@ def test_errors_use_the_command_line_spelling(tmp_path) -> None:
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "add --overwrite" in text and "overwrite=True" not in text
     assert (out / "something").exists()  # a folder the command did not create is never removed
+
+
+def test_mixup_draws_its_partners_from_the_clients_training_set(tmp_path) -> None:
+    out = tmp_path / "mixup"
+    args = ["attack", "--out", str(out), "--attack", "bias_trick", "--model", "mlp", "--data", "digits"]
+    args += ["--size", "8", "--channels", "1", "--batch-size", "2", "--defense", "mixup:k=4", "--client-images", "40"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["defenses"][0]["pool"] == "dataset"  # a batch of 2 mixes with images of the training set

@@ -67,6 +67,7 @@ def load(
     split: str = "train",
     download: bool = False,
     indices: Sequence[int] | None = None,
+    up_to: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``n`` distinct images of a dataset, centre-cropped and resized to ``size`` x ``size``.
 
@@ -82,6 +83,7 @@ def load(
         download: fetch ``cifar10`` / ``mnist`` into ``root`` first if they are not there (needs internet).
         indices: take these images of the dataset (in this order) instead of a seeded draw; ``n`` is then ignored.
             For ``skimage`` the index is the photograph's position in ``gi.data.bundled.SKIMAGE_NAMES``.
+        up_to: take all the dataset's images when it holds fewer than ``n`` (else that is an error).
 
     Returns:
         ``images`` ``(n, channels, size, size)`` float32 in [0, 1] and ``labels`` ``(n,)`` int64.
@@ -110,7 +112,9 @@ def load(
             _CACHE[key] = loader(root=root, split=split)
     pool, labels = _CACHE[key]
     if indices is None and n > len(pool):
-        raise ValueError(f"dataset {name!r} has {len(pool)} images, asked for n={n}")
+        if not up_to:
+            raise ValueError(f"dataset {name!r} has {len(pool)} images, asked for n={n}")
+        n = len(pool)
     if indices is not None:
         order = np.asarray(list(indices), dtype=np.int64)
         if order.size == 0 or order.min() < 0 or order.max() >= len(pool):

@@ -104,12 +104,15 @@ class MixUp(Defense):
         k: images per encoding (Huang et al.: 4).
         upper_bound: the largest coefficient allowed (Huang et al.: 0.65).
         lower_bound: the smallest coefficient allowed.
-        pool: where the partners come from, ``"batch"`` or ``"dataset"`` (see above).
+        pool: where the partners come from, ``"dataset"`` (the client's training set, the default, as InstaHide and
+            Huang et al.'s code mix) or ``"batch"`` (see above).
     """
 
     name = "mixup"
 
-    def __init__(self, *, k: int = 4, upper_bound: float = 0.65, lower_bound: float = 0.0, pool: str = "batch") -> None:
+    def __init__(
+        self, *, k: int = 4, upper_bound: float = 0.65, lower_bound: float = 0.0, pool: str = "dataset"
+    ) -> None:
         check_arguments(self, locals())
         check_mixing(k, upper_bound, lower_bound)
         if pool not in ("batch", "dataset"):
@@ -127,8 +130,8 @@ class MixUp(Defense):
         if self.pool == "dataset":
             if client_data is None:
                 raise ValueError(
-                    f"{self.name} with pool='dataset' draws partners from the client's training set: pass "
-                    "client_data=(images, one-hot targets) (gi.observe(..., client_data=...)), or use pool='batch'"
+                    f"{self.name} with pool='dataset' draws partners from the client's training set: pass it as "
+                    "gi.observe(..., client_data=(images, labels)), or mix within the batch with pool='batch'"
                 )
             pool_images, pool_targets = client_data
             partners, weights = pool_mixing(

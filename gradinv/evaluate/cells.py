@@ -87,7 +87,7 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
 
     The client's training set is the first ``client_images`` images of the cell's seeded draw (its batches are the
     first ``images``): MixUp/InstaHide with ``pool="dataset"`` draw their partners from it."""
-    pooled = any(params.get("pool") == "dataset" for _, params in config["defenses"])
+    pooled = any(getattr(defenses.make(n, **p), "pool", None) == "dataset" for n, p in config["defenses"])
     client_images, client_labels = data.load(
         config["data"],
         n=max(config["client_images"], config["images"]) if pooled else config["images"],

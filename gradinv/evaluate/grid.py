@@ -373,7 +373,7 @@ def conflict(
         return f'attack {attack.name!r} alters the model: it needs server = "malicious"'
     made = [defenses.make(name, **params) for name, params in chain]
     for (name, _), defense in zip(chain, made, strict=True):
-        if isinstance(defense, MixUp) and batch_size < defense.k:
+        if isinstance(defense, MixUp) and defense.pool == "batch" and batch_size < defense.k:
             return f"defense {name!r} mixes k={defense.k} images: batch size {batch_size} is too small"
     try:
         client_trainer(made)

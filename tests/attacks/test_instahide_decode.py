@@ -13,7 +13,7 @@ from gradinv.fl.client import encode_batch
 def epochs() -> tuple[torch.Tensor, ...]:
     """16 MNIST digits encoded by InstaHide (k=4) in 10 epochs, with each epoch's plan and MixUp of the same plan."""
     images, labels = gi.data.load("mnist_subset", indices=list(range(0, 1600, 100)), size=16, channels=1)
-    defense = gi.defenses.make("instahide", k=4)
+    defense = gi.defenses.make("instahide", k=4, pool="batch")
     encodings, mixed, partners, coefficients = [], [], [], []
     for epoch in range(10):
         encoded, _ = encode_batch(images, labels, 10, [defense], seed=epoch)

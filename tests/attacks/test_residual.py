@@ -24,7 +24,7 @@ def test_residual_of_the_true_encodings_with_their_soft_labels_is_zero() -> None
     images, labels = gi.data.load("skimage", n=4, size=16, seed=0)
     model = gi.models.make("mlp", image_shape=(3, 16, 16), hidden=(64,), seed=0)
     for name in ("mixup", "instahide"):
-        defense = gi.defenses.make(name, k=2)
+        defense = gi.defenses.make(name, k=2, pool="batch")
         obs = gi.observe(model, images, labels, seed=5, defenses=[defense])
         encodings, targets = encode_batch(images, labels, 10, [defense], seed=5)
         assert targets.dim() == 2 and bool(((targets > 0) & (targets < 1)).any())  # genuinely soft

@@ -32,7 +32,7 @@ def _attack(images: torch.Tensor, labels: torch.Tensor, defense: gi.defenses.Def
 def test_mixup_leaves_encodings_and_its_labels_give_the_images_back(digits) -> None:
     # Prepare
     images, labels = digits
-    obs, rec, encodings, soft = _attack(images, labels, gi.defenses.make("mixup", k=4, upper_bound=0.65))
+    obs, rec, encodings, soft = _attack(images, labels, gi.defenses.make("mixup", k=4, upper_bound=0.65, pool="batch"))
     # Execute: the attacker reads the mixed labels of its encodings off the classifier and inverts the mixing
     targets = classifier_targets(obs, normalize(rec.images, NORM)).float()
     originals, classes = unmix(rec.images, targets)
@@ -68,8 +68,8 @@ def test_with_partners_from_the_training_set_the_batch_cannot_be_unmixed(digits)
 
 def test_instahide_leaves_only_the_magnitude_of_the_mixture(digits) -> None:
     images, labels = digits
-    obs, rec, encodings, _ = _attack(images, labels, gi.defenses.make("instahide", k=4))
-    mixed, _ = encode_batch(images, labels, 10, [gi.defenses.make("mixup", k=4)], seed=0)
+    obs, rec, encodings, _ = _attack(images, labels, gi.defenses.make("instahide", k=4, pool="batch"))
+    mixed, _ = encode_batch(images, labels, 10, [gi.defenses.make("mixup", k=4, pool="batch")], seed=0)
     # the attack recovers InstaHide's encodings exactly, which are far from the images ...
     assert gi.metrics.score(rec, encodings, labels)["exact_fraction"] == 1.0
     assert gi.metrics.score(rec, images, labels)["psnr"] < 10
@@ -81,20 +81,22 @@ def test_instahide_leaves_only_the_magnitude_of_the_mixture(digits) -> None:
 
 def test_mixing_respects_its_bounds_and_rejects_bad_parameters() -> None:
     images, labels = gi.data.load("skimage", n=8, size=16, seed=0)
-    encoded, soft = encode_batch(images, labels, 10, [gi.defenses.make("mixup", k=3, upper_bound=0.5)], seed=3)
+    encoded, soft = encode_batch(
+        images, labels, 10, [gi.defenses.make("mixup", k=3, upper_bound=0.5, pool="batch")], seed=3
+    )
     assert 0 <= float(encoded.min()) and float(encoded.max()) <= 1 and torch.allclose(soft.sum(1), torch.ones(8))
     partners, coefficients = mixing(8, 3, 0.5, 0.1, torch.Generator().manual_seed(0))
     assert float(coefficients.max()) <= 0.5 and float(coefficients.min()) >= 0.1
     assert torch.allclose(coefficients.sum(1), torch.ones(8)) and all(len(set(row.tolist())) == 3 for row in partners)
     for kwargs, message in (({"k": 1}, "k must be"), ({"upper_bound": 0.2}, "bounds"), ({"lower_bound": -1}, "bounds")):
         with pytest.raises(ValueError, match=message):
-            gi.defenses.make("instahide", **kwargs)
+            gi.defenses.make("instahide", **kwargs, pool="batch")
     with pytest.raises(ValueError, match="at least 4 images"):
         gi.observe(
             gi.models.make("lenet", image_shape=(3, 16, 16)),
             images[:2],
             labels[:2],
-            defenses=[gi.defenses.make("mixup")],
+            defenses=[gi.defenses.make("mixup", pool="batch")],
         )
     with pytest.raises(ValueError, match="distinct classes"):
         unmix(encoded, soft)  # eight images, fewer classes

@@ -74,7 +74,7 @@ batch_sizes = [4]
         ('\n[[defenses]]\nname = "prune"\nratio = 1.5\n', 14, "ratio"),
         ('\n[[defenses]]\nname = "shield"\n', 13, "unknown defense 'shield'"),
         ('\n[[defenses]]\nname = "none"\n[[attacks]]\nname = "idlg"\n', 14, "batches up to 1, not 4"),
-        ('\n[[defenses]]\nname = "mixup"\n', 12, "batch size 1 is too small"),
+        ('\n[[defenses]]\nname = "mixup"\npool = "batch"\n', 12, "batch size 1 is too small"),
         ('\n[[defenses]]\nname = "none"\n[[attacks]]\nname = "imprint"\nbatch_sizes = [1]\n', 14, "malicious"),
         ('\n[[defenses]]\nname = "none"\n[[threats]]\nknows_labels = "yes"\n', 15, "must be a boolean"),
         ('\n[[defenses]]\nname = "none"\n[[threats]]\nbn_mode = "frozen"\n', 14, "bn_mode"),
