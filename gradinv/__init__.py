@@ -8,11 +8,22 @@ rec = gi.attacks.make("idlg").reconstruct(obs)
 print(gi.metrics.score(rec, images, labels))
 """
 
+import importlib
+from typing import Any
+
 from gradinv import analysis, attacks, data, defenses, evaluate, metrics, models
 from gradinv.fl.client import observe
 from gradinv.observation import Observation, Reconstruction, ThreatModel
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``gi.flower`` (the Flower integration, which needs the optional ``flwr``) is imported on first use."""
+    if name in ("flower", "fl", "report", "audit", "pipeline"):
+        return importlib.import_module(f"gradinv.{name}")
+    raise AttributeError(f"module 'gradinv' has no attribute {name!r}")
+
 
 __all__ = [
     "Observation",

@@ -18,8 +18,9 @@ from rich.table import Table
 
 from gradinv import attacks, data, defenses, models
 from gradinv.attacks.base import Callback
+from gradinv.data import NORMALIZATIONS
 from gradinv.observation import ThreatModel
-from gradinv.pipeline import NORMALIZATIONS, RunConfig, run
+from gradinv.pipeline import RunConfig, run
 
 app = typer.Typer(
     help="gradinv: gradient inversion attacks and defenses for federated learning.",
@@ -248,7 +249,7 @@ def flower_demo(
 ) -> None:
     """Run a real Flower simulation (needs gradinv[flower]) with a curious server and report what it recovered."""
     try:
-        from gradinv.fl import flower
+        from gradinv import flower
     except ImportError as err:
         console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
         raise typer.Exit(code=2) from err
@@ -365,6 +366,7 @@ def evaluate_grid(
 ) -> None:
     """Run the attack x defense x setting grid of GRID_FILE (Huang et al. 2021's protocol) and write the report."""
     from gradinv.evaluate import GridError, evaluate, load_grid
+    from gradinv.report.grid import write_grid_report
 
     try:
         grid = load_grid(grid_file)
@@ -381,9 +383,10 @@ def evaluate_grid(
                 bar.console.print(f"  {description}", soft_wrap=True, markup=False)
 
             with _removed_on_failure(out, keep_results=True):
-                report = evaluate(
+                evaluate(
                     grid, out, resume=resume, backend=backend, address=address, num_cpus=num_cpus, progress=progress
                 )
+            report = write_grid_report(grid, out)
     except (ValueError, FileExistsError, ImportError) as err:
         console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
         raise typer.Exit(code=2) from err

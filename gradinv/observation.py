@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from gradinv import models
 from gradinv.validation import check_model_spec, check_observation_fields, check_update, check_value
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
@@ -214,8 +215,6 @@ class Observation:
         if model is None:
             if spec is None:
                 raise ValueError("this observation's model is not from gi.models.make: pass model=<your nn.Module>")
-            from gradinv import models
-
             spec = dict(spec)
             model = models.make(str(spec.pop("name")), **_tuples(spec))
         state = {k[len("state/") :]: v for k, v in tensors.items() if k.startswith("state/")}
@@ -237,9 +236,7 @@ class Observation:
             model_spec=spec,
             defenses=defenses,
         )
-        from gradinv.fl.client import num_outputs  # the client module imports this one
-
-        outputs = num_outputs(model, observation.image_shape)
+        outputs = models.num_outputs(model, observation.image_shape)
         if outputs != observation.num_classes:
             raise ValueError(f"{source}: num_classes is {observation.num_classes}, the model has {outputs} outputs")
         return observation

@@ -18,13 +18,6 @@ from gradinv.observation import ThreatModel
 
 log = logging.getLogger(__name__)
 
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
-    "none": None,
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "mnist": ((0.1307,), (0.3081,)),
-}
-
 
 @dataclass
 class RunConfig:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gradinv.models import classifier
 from gradinv.observation import Observation
 
 CERTIFIED_RESIDUAL = 1e-4
@@ -86,8 +87,6 @@ def label_candidates(observation: Observation) -> torch.Tensor:
     by ``1/B`` per sample of class ``k`` than it would be without them, so the batch's classes come first whenever the
     outputs are not far from uniform. Leaving a class out can only make a consistency check fail, never pass: it
     saves time on large label sets (ImageNet's 1000) without risking a false certificate."""
-    from gradinv.attacks.labels import classifier  # labels imports the observation; this module is imported early
-
     keep = max(LABEL_CANDIDATES, 4 * (observation.batch_size or 1))
     if observation.num_classes <= keep:
         return torch.arange(observation.num_classes)

@@ -42,6 +42,14 @@ REGISTRY: dict[str, tuple[Loader, bool, str]] = {
 
 DOWNLOADS = {"cifar10": download.cifar10, "mnist": download.mnist}
 
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "none": None,
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "mnist": ((0.1307,), (0.3081,)),
+}
+"""Input normalisations a client may apply, by name: per-channel (mean, std) of the datasets' pixels."""
+
 _CACHE: dict[tuple[str, str | None, str], tuple[list[np.ndarray], np.ndarray]] = {}
 
 

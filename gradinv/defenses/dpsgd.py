@@ -15,6 +15,7 @@ from torch import nn
 
 from gradinv.defenses.base import Defense
 from gradinv.observation import ThreatModel
+from gradinv.update import minibatches
 from gradinv.validation import check_arguments
 
 
@@ -205,8 +206,6 @@ class DPSGD(Defense):
         if threat.update == "gradient":
             self.release_steps = 1
             return dp_step(inputs, labels)
-        from gradinv.fl.client import minibatches  # the client module imports the defenses: import late
-
         start = [p.detach().clone() for p in model.parameters()]
         batches = minibatches(inputs.shape[0], threat.local_batch_size)
         self.release_steps = math.ceil(threat.local_steps / len(batches))

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from gradinv.defenses.base import Defense
-from gradinv.models import layer_input
+from gradinv.models import classifier, layer_input
 from gradinv.observation import ThreatModel
+from gradinv.update import compute_update
 from gradinv.validation import check_arguments
 
 
@@ -59,9 +60,6 @@ class Soteria(Defense):
         generator: torch.Generator,
     ) -> list[torch.Tensor]:
         """The client's update with the classifier's weight-gradient columns of the least sensitive features zeroed."""
-        from gradinv.attacks.labels import classifier  # the client module imports the defenses: import late
-        from gradinv.fl.client import compute_update
-
         weight_name, _ = classifier(model)
         probe = copy.deepcopy(model)  # the sensitivity pass must not move the client's BN buffers
         layer = probe.get_submodule(weight_name.rpartition(".")[0])

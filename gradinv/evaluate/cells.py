@@ -12,13 +12,13 @@ from typing import Any
 import torch
 
 from gradinv import attacks, data, defenses, metrics, models
+from gradinv.data import NORMALIZATIONS
 from gradinv.defenses.base import Defense
 from gradinv.evaluate.cost import full_recovery
 from gradinv.evaluate.grid import config_key
 from gradinv.evaluate.utility import Utility, utility
 from gradinv.fl.client import encode_batch, observe
 from gradinv.observation import ThreatModel
-from gradinv.pipeline import NORMALIZATIONS
 
 
 def present_mean(values: list[Any]) -> float | None:

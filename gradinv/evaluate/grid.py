@@ -38,10 +38,10 @@ from typing import Any
 
 from gradinv import attacks, data, defenses, models
 from gradinv.attacks.base import Attack
+from gradinv.data import NORMALIZATIONS
 from gradinv.defenses.mixup import MixUp
 from gradinv.fl.client import client_trainer
 from gradinv.observation import ThreatModel
-from gradinv.pipeline import NORMALIZATIONS
 
 GRID_KEYS = {
     "name": "grid",

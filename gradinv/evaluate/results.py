@@ -5,9 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from gradinv.evaluate.cells import present_mean, utility_config
+from gradinv.evaluate.grid import attack_label, config_key
 from gradinv.evaluate.store import Store
 
 COLUMNS = ("model", "threat_label", "batch_size", "attack", "defense_label", "images", "failed", "matched", "psnr",
@@ -17,8 +21,6 @@ COLUMNS = ("model", "threat_label", "batch_size", "attack", "defense_label", "im
 
 def load_table(folder: str | Path) -> list[dict[str, Any]]:
     """One row per grid point (seeds pooled), as in ``report.html``."""
-    from gradinv.report.grid import table
-
     store = Store(Path(folder) / "results.sqlite")
     try:
         return table(store)
@@ -38,3 +40,47 @@ def export(folder: str | Path, fmt: str) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+GROUP = ("model", "threat_label", "batch_size", "attack", "defense_label")
+
+
+def _point(config: dict[str, Any]) -> tuple[Any, ...]:
+    """The grid point of a cell: the values of :data:`GROUP`, the attack by its label."""
+    return tuple(attack_label(config) if k == "attack" else config[k] for k in GROUP)
+
+
+def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per grid point (cells of all seeds pooled): scores over all images, utility, cost.
+
+    ``cells``: ``store.cells()`` when the caller has already read them."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for cell in store.cells() if cells is None else cells:
+        groups[_point(cell["config"])].append(cell)
+    rows = []
+    for key, cells in groups.items():
+        done = [c for c in cells if c["status"] == "done"]
+        images = [r for c in done for r in store.images(c["key"])]
+        psnr = [r["psnr"] for r in images if r["psnr"] is not None]
+        setup = utility_config(cells[0]["config"])
+        utility = store.utility(config_key(setup)) if setup else None
+        row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
+        row.update(
+            cells=len(cells),
+            failed=len(cells) - len(done),
+            images=len(images),
+            psnr=statistics.fmean(psnr) if psnr else None,
+            psnr_std=statistics.pstdev(psnr) if len(psnr) > 1 else None,
+            matched=present_mean([r["psnr"] is not None for r in images]),
+            ssim=present_mean([r["ssim"] for r in images]),
+            label_acc=present_mean([r["label_ok"] for r in images]),
+            exact=present_mean([r["exact"] for r in images]),
+            certified=present_mean([r.get("certified") for r in images]),
+            encoding_psnr=present_mean([r["encoding_psnr"] for r in images]),
+            accuracy=None if utility is None else utility["accuracy"],
+            seconds=present_mean([c["summary"]["attack_seconds_per_batch"] for c in done]),
+            cost_seconds=present_mean([c["summary"]["cost"]["seconds"] for c in done]),
+            inversions=done[0]["summary"]["cost"]["inversions"] if done else None,
+        )
+        rows.append(row)
+    return rows

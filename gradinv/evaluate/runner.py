@@ -1,5 +1,5 @@
 """Run a grid into an output folder: cells in process or as Ray tasks, every finished cell recorded at once in
-``results.sqlite``, a resumed run skipping what is recorded, and ``report.html`` written at the end."""
+``results.sqlite``, a resumed run skipping what is recorded (``gradinv.report.grid`` writes the report from it)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gradinv import figures
 from gradinv.evaluate.cells import execute, utility_config
 from gradinv.evaluate.grid import Grid, attack_label, config_key
 from gradinv.evaluate.store import Store
 from gradinv.observation import atomic_write
-from gradinv.report import figures
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ def evaluate(
     num_cpus: int | None = None,
     progress: Progress | None = None,
 ) -> Path:
-    """Run every cell of ``grid`` not yet recorded in ``out/results.sqlite``, then write ``out/report.html``.
+    """Run every cell of ``grid`` not yet recorded in ``out/results.sqlite`` (the report is
+    :func:`gradinv.report.grid.write_grid_report`'s: this module computes and stores, the report reads).
 
     Args:
         grid: from :func:`gradinv.evaluate.load_grid`.
@@ -110,7 +111,7 @@ def evaluate(
         progress: optional ``progress(done, total, description)``.
 
     Returns:
-        The path of ``report.html``.
+        The output folder.
     """
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
@@ -141,8 +142,6 @@ def evaluate(
             description = _save(store, folder, job, result)
             if progress is not None:
                 progress(done, total, description)
-        from gradinv.report.grid import write_report
-
-        return write_report(store, folder, grid.name, grid.settings["protected_psnr"])
+        return folder
     finally:
         store.close()

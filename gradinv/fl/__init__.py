@@ -1,5 +1,5 @@
-"""Federated-learning client simulation, secure aggregation protocols, and the Flower integration (``flower``,
-imported on first use: it needs the optional ``flwr``)."""
+"""Federated-learning client simulation and secure aggregation protocols (imported on first use). The Flower
+integration lives one layer up, in :mod:`gradinv.flower`, since it runs attacks and writes reports."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from gradinv.fl.client import compute_update, cross_entropy, denormalize, normal
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("flower", "secagg", "lightsecagg", "homomorphic", "aggregate"):
+    if name in ("secagg", "lightsecagg", "homomorphic", "aggregate"):
         return importlib.import_module(f"gradinv.fl.{name}")
     raise AttributeError(f"module 'gradinv.fl' has no attribute {name!r}")
 

@@ -7,91 +7,32 @@ update it recomputes for dummy data (``create_graph=True``): what is attacked is
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from gradinv.defenses.base import Defense
-from gradinv.observation import Normalization, Observation, ThreatModel
+from gradinv.models import num_outputs
+from gradinv.observation import Observation, ThreatModel
+from gradinv.update import compute_update, cross_entropy, denormalize, minibatches, normalize
 from gradinv.validation import check_images, check_labels
 
-
-def normalize(images: torch.Tensor, normalization: Normalization | None) -> torch.Tensor:
-    """Map pixel images ``(N, C, H, W)`` in [0, 1] to the model's input space ``(x - mean) / std``."""
-    if normalization is None:
-        return images
-    mean, std = _stats(normalization, images)
-    return (images - mean) / std
-
-
-def denormalize(inputs: torch.Tensor, normalization: Normalization | None) -> torch.Tensor:
-    """Inverse of :func:`normalize`."""
-    if normalization is None:
-        return inputs
-    mean, std = _stats(normalization, inputs)
-    return inputs * std + mean
-
-
-def _stats(normalization: Normalization, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = (torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1) for v in normalization)
-    if mean.shape[1] != like.shape[1]:
-        raise ValueError(f"normalization has {mean.shape[1]} channels, the images have {like.shape[1]}")
-    return mean, std
-
-
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy for ``(N,)`` class indices or ``(N, K)`` soft labels (probabilities)."""
-    if labels.dim() == 2:
-        return torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
-    return F.cross_entropy(logits, labels)
-
-
-def compute_update(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    threat: ThreatModel,
-    *,
-    create_graph: bool = False,
-) -> list[torch.Tensor]:
-    """The update a client shares, in ``model.named_parameters()`` order.
-
-    Args:
-        model: the model at the broadcast weights, in the client's mode (train/eval).
-        inputs: ``(N, C, H, W)`` normalised inputs.
-        labels: ``(N,)`` class indices or ``(N, K)`` soft labels.
-        threat: says whether a gradient or a FedAvg update is shared, and the local steps, lr and mini-batches.
-        create_graph: keep the graph so the update can be differentiated w.r.t. ``inputs`` (attacker side).
-
-    Returns:
-        The gradient of the mean loss, or ``w_before - w_after`` after ``threat.local_steps`` SGD steps.
-    """
-    if threat.update == "gradient":
-        loss = cross_entropy(model(inputs), labels)
-        return list(torch.autograd.grad(loss, list(model.parameters()), create_graph=create_graph))
-    # FedAvg: unrolled local SGD (Geiping et al. 2020, Sec. 4 "multiple local steps").
-    names = [n for n, _ in model.named_parameters()]
-    params = [p for _, p in model.named_parameters()]
-    buffers = dict(model.named_buffers())
-    weights: list[torch.Tensor] = list(params)
-    batches = minibatches(inputs.shape[0], threat.local_batch_size)
-    for step in range(threat.local_steps):
-        idx = batches[step % len(batches)]
-        state = {**buffers, **dict(zip(names, weights, strict=True))}
-        loss = cross_entropy(functional_call(model, state, (inputs[idx],)), labels[idx])
-        grads = torch.autograd.grad(loss, weights, create_graph=create_graph)
-        weights = [w - threat.local_lr * g for w, g in zip(weights, grads, strict=True)]
-    return [p0 - w for p0, w in zip(params, weights, strict=True)]
-
-
-def minibatches(n: int, batch_size: int | None) -> list[slice]:
-    """The client's local mini-batches over ``n`` samples in data order (``None``: one batch of all)."""
-    size = n if batch_size is None else min(batch_size, n)
-    return [slice(i * size, (i + 1) * size) for i in range(math.ceil(n / size))]
+__all__ = [
+    "bn_statistics",
+    "check_model",
+    "client_trainer",
+    "compute_update",
+    "cross_entropy",
+    "defended_update",
+    "denormalize",
+    "encode_batch",
+    "minibatches",
+    "normalize",
+    "num_outputs",
+    "observe",
+]
 
 
 def bn_statistics(model: nn.Module, inputs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -140,21 +81,6 @@ def check_model(model: object, images: torch.Tensor) -> None:
             f"images are {images.dtype} but the model's parameters are {', '.join(sorted(map(str, dtypes)))}: "
             "convert one to the other (images.float() or model.double())"
         )
-
-
-def num_outputs(model: nn.Module, image_shape: tuple[int, ...]) -> int:
-    """The number of classes the model predicts, from one forward pass in eval mode."""
-    probe = copy.deepcopy(model).eval()
-    dtype = next(probe.parameters()).dtype if any(True for _ in probe.parameters()) else torch.float32
-    try:
-        with torch.no_grad():
-            out = probe(torch.zeros(1, *image_shape, dtype=dtype))
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        raise ValueError(f"the model does not accept inputs of shape (N, *{tuple(image_shape)}): {err}") from err
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"the model must output (N, num_classes) logits, got {found}")
-    return int(out.shape[1])
 
 
 def client_trainer(defenses: Sequence[Defense]) -> Defense | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -83,4 +84,44 @@ def layer_input(model: nn.Module, layer: nn.Module, inputs: torch.Tensor) -> tup
     return output, captured[0]
 
 
-__all__ = ["ConvNet", "LeNet", "MLP", "describe", "layer_input", "make", "names", "resnet18", "resnet20", "resnet32"]
+def num_outputs(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    """The number of classes the model predicts, from one forward pass in eval mode."""
+    probe = copy.deepcopy(model).eval()
+    dtype = next(probe.parameters()).dtype if any(True for _ in probe.parameters()) else torch.float32
+    try:
+        with torch.no_grad():
+            out = probe(torch.zeros(1, *image_shape, dtype=dtype))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ValueError(f"the model does not accept inputs of shape (N, *{tuple(image_shape)}): {err}") from err
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the model must output (N, num_classes) logits, got {found}")
+    return int(out.shape[1])
+
+
+def classifier(model: nn.Module) -> tuple[str, str | None]:
+    """Parameter names ``(weight, bias or None)`` of the model's last ``nn.Linear`` layer."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    if last is None:
+        raise ValueError("label recovery needs a final nn.Linear classifier layer; the model has no nn.Linear")
+    prefix = f"{last[0]}." if last[0] else ""
+    return f"{prefix}weight", (f"{prefix}bias" if last[1].bias is not None else None)
+
+
+__all__ = [
+    "ConvNet",
+    "LeNet",
+    "MLP",
+    "classifier",
+    "describe",
+    "layer_input",
+    "make",
+    "names",
+    "num_outputs",
+    "resnet18",
+    "resnet20",
+    "resnet32",
+]

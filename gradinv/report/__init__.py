@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradinv import figures
 from gradinv.observation import Reconstruction, atomic_write, atomic_write_text
-from gradinv.report import figures, html
+from gradinv.report import html
 
 
 def prepare_folder(out: str | Path, *, overwrite: bool = False) -> Path:

@@ -4,16 +4,13 @@ images), failed cells with their errors, a ranking of the defenses for this sett
 from __future__ import annotations
 
 import html
-import statistics
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 
-from gradinv.evaluate.cells import present_mean, utility_config
-from gradinv.evaluate.grid import attack_label, config_key
-from gradinv.evaluate.results import COLUMNS
+from gradinv.evaluate.grid import Grid, attack_label
+from gradinv.evaluate.results import COLUMNS, table
 from gradinv.evaluate.store import Store
 from gradinv.observation import atomic_write, atomic_write_text
 from gradinv.report.html import _fmt, _img
@@ -21,48 +18,6 @@ from gradinv.report.html import _fmt, _img
 PROTECTED_PSNR = 20.0
 """Below this worst-case PSNR (dB) the report calls a defense protective: at 20 dB and under, reconstructions of
 small images no longer show the content (our threshold for the ranking, stated in the report, not a paper's)."""
-GROUP = ("model", "threat_label", "batch_size", "attack", "defense_label")
-
-
-def _point(config: dict[str, Any]) -> tuple[Any, ...]:
-    """The grid point of a cell: the values of :data:`GROUP`, the attack by its label."""
-    return tuple(attack_label(config) if k == "attack" else config[k] for k in GROUP)
-
-
-def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One row per grid point (cells of all seeds pooled): scores over all images, utility, cost.
-
-    ``cells``: ``store.cells()`` when the caller has already read them."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-    for cell in store.cells() if cells is None else cells:
-        groups[_point(cell["config"])].append(cell)
-    rows = []
-    for key, cells in groups.items():
-        done = [c for c in cells if c["status"] == "done"]
-        images = [r for c in done for r in store.images(c["key"])]
-        psnr = [r["psnr"] for r in images if r["psnr"] is not None]
-        setup = utility_config(cells[0]["config"])
-        utility = store.utility(config_key(setup)) if setup else None
-        row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
-        row.update(
-            cells=len(cells),
-            failed=len(cells) - len(done),
-            images=len(images),
-            psnr=statistics.fmean(psnr) if psnr else None,
-            psnr_std=statistics.pstdev(psnr) if len(psnr) > 1 else None,
-            matched=present_mean([r["psnr"] is not None for r in images]),
-            ssim=present_mean([r["ssim"] for r in images]),
-            label_acc=present_mean([r["label_ok"] for r in images]),
-            exact=present_mean([r["exact"] for r in images]),
-            certified=present_mean([r.get("certified") for r in images]),
-            encoding_psnr=present_mean([r["encoding_psnr"] for r in images]),
-            accuracy=None if utility is None else utility["accuracy"],
-            seconds=present_mean([c["summary"]["attack_seconds_per_batch"] for c in done]),
-            cost_seconds=present_mean([c["summary"]["cost"]["seconds"] for c in done]),
-            inversions=done[0]["summary"]["cost"]["inversions"] if done else None,
-        )
-        rows.append(row)
-    return rows
 
 
 def ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_PSNR) -> list[dict[str, Any]]:
@@ -116,6 +71,16 @@ def tradeoff_plot(
 def _html_table(head: list[str], body: list[list[Any]]) -> str:
     cells = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in line) + "</tr>" for line in body)
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>"
+
+
+def write_grid_report(grid: Grid, out: str | Path) -> Path:
+    """Write ``out/report.html`` for ``grid`` from the results recorded in ``out/results.sqlite``."""
+    folder = Path(out)
+    store = Store(folder / "results.sqlite")
+    try:
+        return write_report(store, folder, grid.name, grid.settings["protected_psnr"])
+    finally:
+        store.close()
 
 
 def write_report(store: Store, folder: Path, name: str, protected: float = PROTECTED_PSNR) -> Path:

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 import gradinv as gi
 from gradinv.cli import app
 from gradinv.evaluate.store import Store
+from gradinv.report.grid import write_grid_report
 
 GRID = """[grid]
 name = "test"
@@ -73,7 +74,8 @@ def grid_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def finished(grid_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "out"
-    gi.evaluate.evaluate(gi.evaluate.load_grid(grid_file), out)
+    grid = gi.evaluate.load_grid(grid_file)
+    write_grid_report(grid, gi.evaluate.evaluate(grid, out))
     return out
 
 
@@ -189,7 +191,8 @@ def test_killed_run_resumes_without_recomputing(grid_file: Path, tmp_path: Path)
 def test_ray_backend_matches_in_process(finished: Path, grid_file: Path, tmp_path: Path) -> None:
     pytest.importorskip("ray")
     out = tmp_path / "ray"
-    gi.evaluate.evaluate(gi.evaluate.load_grid(grid_file), out, backend="ray", num_cpus=2)
+    grid = gi.evaluate.load_grid(grid_file)
+    write_grid_report(grid, gi.evaluate.evaluate(grid, out, backend="ray", num_cpus=2))
     local, remote = Store(finished / "results.sqlite"), Store(out / "results.sqlite")
     assert len(remote.cells()) == 8 and sum(c["status"] == "failed" for c in remote.cells()) == 2
     for attack, threat, defense in (

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from gradinv.attacks.labels.idlg import idlg_label
 from gradinv.attacks.labels.llg import llg_labels
 from gradinv.attacks.labels.yin import yin_labels
+from gradinv.models import classifier
 from gradinv.observation import Observation
 
 Strategy = Callable[[torch.Tensor, torch.Tensor | None, int], torch.Tensor]
@@ -46,18 +46,6 @@ def names() -> list[str]:
 def describe() -> dict[str, str]:
     """One line per strategy."""
     return {name: entry[1] for name, entry in REGISTRY.items()}
-
-
-def classifier(model: nn.Module) -> tuple[str, str | None]:
-    """Parameter names ``(weight, bias or None)`` of the model's last ``nn.Linear`` layer."""
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last = (name, module)
-    if last is None:
-        raise ValueError("label recovery needs a final nn.Linear classifier layer; the model has no nn.Linear")
-    prefix = f"{last[0]}." if last[0] else ""
-    return f"{prefix}weight", (f"{prefix}bias" if last[1].bias is not None else None)
 
 
 def recover(strategy: str, observation: Observation, n: int) -> torch.Tensor:

@@ -15,8 +15,8 @@ from flwr.server.strategy import FedAvg  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import gradinv as gi  # noqa: E402
+from gradinv import flower  # noqa: E402
 from gradinv.cli import app  # noqa: E402
-from gradinv.fl import flower  # noqa: E402
 
 
 @pytest.mark.slow
@@ -49,7 +49,7 @@ def test_gradinv_imports_without_flower_and_the_wrapper_says_how_to_install() ->
         "import sys; sys.modules['flwr'] = None\n"
         "import gradinv\n"
         "try:\n"
-        "    import gradinv.fl.flower\n"
+        "    import gradinv.flower\n"
         "except ImportError as err:\n"
         "    print(err)\n"
     )

@@ -16,7 +16,6 @@ sends its gradient instead of its weights (FedSGD) says ``update="gradient"``; t
 from __future__ import annotations
 
 import copy
-import html
 import json
 import logging
 import time
@@ -31,11 +30,13 @@ import torch
 from torch import nn
 
 from gradinv import attacks as attack_registry
+from gradinv import figures
 from gradinv.attacks.base import Attack
 from gradinv.fl.client import num_outputs
 from gradinv.metrics import score
 from gradinv.observation import Observation, Reconstruction, ThreatModel, atomic_write, atomic_write_text
-from gradinv.report import figures, prepare_folder
+from gradinv.report import prepare_folder
+from gradinv.report.flower import render
 
 try:
     from flwr.client import ClientApp, NumPyClient
@@ -328,52 +329,6 @@ def _aligned(rec: Reconstruction, originals: torch.Tensor, scored: bool) -> torc
     out = torch.zeros_like(originals)
     out[cols] = rec.images[rows]
     return out
-
-
-def render(records: list[dict[str, Any]], out: Path) -> str:
-    """The audit report: per round and target, what each attack recovered, with pictures inlined."""
-    from gradinv.report.html import _fmt, _img
-
-    sections = []
-    for r in records:
-        if "failed" in r:
-            sections.append(
-                f"<h2>Round {r['round']}: {html.escape(r['target'])}</h2><p>Not audited: this reply could not be read "
-                f"as an update ({html.escape(r['failed'])}); the round aggregated without it being attacked.</p>"
-            )
-            continue
-        note = (
-            f"<p><b>Secure aggregation:</b> every reply carried the same weights, so the server saw only the "
-            f"aggregate of clients {r['clients']} (batch {r['batch_size']}); the attacks ran on the aggregate.</p>"
-            if r["secure_aggregation"]
-            else f"<p>The server saw client {r['clients'][0]}'s own update (batch {r['batch_size']}).</p>"
-        )
-        rows = []
-        for name, a in r["attacks"].items():
-            if "error" in a:
-                rows.append(
-                    f"<tr><td>{html.escape(name)}</td><td colspan=4>not applicable: {html.escape(a['error'])}</td></tr>"
-                )
-                continue
-            s = a.get("scores", {})
-            cells = [name, s.get("psnr"), s.get("ssim"), s.get("exact_fraction"), a["seconds"]]
-            rows.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
-        picture = _img(out / r["figure"], r["target"]) if "figure" in r else ""
-        sections.append(
-            f"<h2>Round {r['round']}: {html.escape(r['target'])}</h2>{note}<table><tr><th>attack</th><th>PSNR (dB)"
-            f"</th><th>SSIM</th><th>exact share</th><th>seconds</th></tr>{''.join(rows)}</table>{picture}"
-        )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>gradinv: what the Flower server could reconstruct</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}
-img{{max-width:100%}}</style></head><body>
-<h1>What the curious Flower server could reconstruct</h1>
-<p>Each section is one update the server received; PSNR and SSIM compare the reconstruction with the client's private
-images (evaluation only: the attacks never read them). Scores are empty when no ground truth was given.</p>
-{"".join(sections)}
-</body></html>
-"""
 
 
 class SGDClient(NumPyClient):
