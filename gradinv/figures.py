@@ -24,7 +24,9 @@ def _show(ax: plt.Axes, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def reconstruction_grid(originals: torch.Tensor, rows: list[tuple[str, torch.Tensor, list[str]]], path: Path) -> None:
+def reconstruction_grid(
+    originals: torch.Tensor, rows: list[tuple[str, torch.Tensor, list[str]]], path: Path, *, dpi: int = 110
+) -> None:
     """Save a grid: the originals first, then one line per attack (images already matched to the originals).
 
     Batches of up to 3 images are laid out one image per row, an attack per column; larger batches one attack per
@@ -34,12 +36,15 @@ def reconstruction_grid(originals: torch.Tensor, rows: list[tuple[str, torch.Ten
         originals: ``(N, C, H, W)`` in [0, 1].
         rows: ``(title, images (N, C, H, W), caption per image)`` per attack.
         path: the PNG to write.
+        dpi: its resolution (the grid report's per-cell thumbnails use less).
     """
     n = min(originals.shape[0], 16)
     lines = [("original", originals, [""] * n), *rows]
     across = n <= 3  # attacks across, images down
     shape = (n, len(lines)) if across else (len(lines), n)
-    fig, axes = plt.subplots(*shape, figsize=(1.6 * shape[1] + 0.6, 1.6 * shape[0] + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        *shape, figsize=(1.6 * shape[1] + 0.6, 1.7 * shape[0] + 0.5), squeeze=False, layout="constrained"
+    )
     for i, (title, images, captions) in enumerate(lines):
         for j in range(n):
             ax = axes[j, i] if across else axes[i, j]
@@ -48,8 +53,7 @@ def reconstruction_grid(originals: torch.Tensor, rows: list[tuple[str, torch.Ten
             ax.set_title(label, fontsize=8)
         if not across:
             axes[i, 0].set_ylabel(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 

@@ -40,6 +40,7 @@ class RunConfig:
     seed: int = 0
     model_seed: int | None = None  # None: ``seed``
     client_images: int = 256  # the client's training set, for defenses that draw from it (MixUp's pool="dataset")
+    notes: dict[str, str] = field(default_factory=dict)  # per attack, a sentence for the report (the demo's)
 
 
 def client_training_set(client_defenses: Sequence[Any], dataset: str, n: int, **load: Any) -> tuple[Any, Any] | None:
@@ -151,6 +152,7 @@ def run(
         "model_seed": config.model_seed,
         "labels": labels.tolist(),
         "seconds_total": time.perf_counter() - started,
+        "notes": dict(config.notes),
     }
     save_file({"images": images.contiguous(), "labels": labels}, str(folder / "ground_truth.safetensors"))
     return report.write_run(folder, originals=images, results=results, config=record_config)

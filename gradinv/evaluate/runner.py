@@ -82,7 +82,7 @@ def _save(store: Store, folder: Path, job: Job, result: dict[str, Any]) -> str:
     picture.parent.mkdir(exist_ok=True)
     captions = [f"{r['psnr']:.1f} dB" if r.get("psnr") is not None else "none" for r in result["rows"]]
     row = [(attack_label(config), result["reconstructions"], captions)]
-    atomic_write(picture, lambda tmp: figures.reconstruction_grid(result["originals"], row, tmp))
+    atomic_write(picture, lambda tmp: figures.reconstruction_grid(result["originals"], row, tmp, dpi=60))
     store.record(key, config, summary=result["summary"], images=result["rows"], seconds=result["seconds"])
     psnr = result["summary"]["psnr"]["mean"]
     return f"{attack_label(config)} x {config['defense_label']}: {'n/a' if psnr is None else f'{psnr:.1f}'} dB"

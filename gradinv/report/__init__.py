@@ -79,7 +79,9 @@ def write_run(
             "label_counts": None if rec.label_counts is None else rec.label_counts.tolist(),
         }
     atomic_write(folder / "reconstruction.png", lambda tmp: figures.reconstruction_grid(originals, rows, tmp))
-    atomic_write(folder / "loss.png", lambda tmp: figures.loss_curves(traces, tmp))
+    traced = {name: trace for name, trace in traces.items() if trace}  # exact attacks have no objective to plot
+    if traced:
+        atomic_write(folder / "loss.png", lambda tmp: figures.loss_curves(traced, tmp))
     atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2, default=str))
     atomic_write_text(folder / "report.html", html.render(record, folder / "reconstruction.png", folder / "loss.png"))
     return record

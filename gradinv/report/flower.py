@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from gradinv.report.html import _fmt, _img
+from gradinv.report.html import STYLE, _fmt, _img
 
 
 def render(records: list[dict[str, Any]], out: Path) -> str:
@@ -42,9 +42,7 @@ def render(records: list[dict[str, Any]], out: Path) -> str:
         )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>gradinv: what the Flower server could reconstruct</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}
-img{{max-width:100%}}</style></head><body>
+<style>{STYLE}</style></head><body>
 <h1>What the curious Flower server could reconstruct</h1>
 <p>Each section is one update the server received; PSNR and SSIM compare the reconstruction with the client's private
 images (evaluation only: the attacks never read them). Scores are empty when no ground truth was given.</p>

@@ -13,7 +13,7 @@ from gradinv.evaluate.grid import Grid, attack_label
 from gradinv.evaluate.results import COLUMNS, table
 from gradinv.evaluate.store import Store
 from gradinv.observation import atomic_write, atomic_write_text
-from gradinv.report.html import _fmt, _img
+from gradinv.report.html import STYLE, _fmt, _img, header
 
 PROTECTED_PSNR = 20.0
 """Below this worst-case PSNR (dB) the report calls a defense protective: at 20 dB and under, reconstructions of
@@ -52,25 +52,52 @@ def tradeoff_plot(
         key = (r["attack"], r["defense_label"])
         if key not in best or r["psnr"] > best[key]["psnr"]:
             best[key] = r
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for attack in sorted({a for a, _ in best}):
-        mine = [r for (a, _), r in best.items() if a == attack]
-        ax.scatter([r["accuracy"] for r in mine], [min(r["psnr"], ceiling) for r in mine], label=attack, s=30)
-        for r in mine:
-            ax.annotate(r["defense_label"], (r["accuracy"], min(r["psnr"], ceiling)), fontsize=7, alpha=0.8)
+    # colour by attack, marker by defense, both named in legends beside the plot (labels on the points overlap)
+    fig, ax = plt.subplots(figsize=(11, 5.5), layout="constrained")
+    attacks = sorted({a for a, _ in best})
+    defenses = sorted({d for _, d in best})
+    markers = "osD^v<>pPX*hH8d"
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (attack, defense), r in best.items():
+        ax.scatter(
+            r["accuracy"],
+            min(r["psnr"], ceiling),
+            s=45,
+            color=colours[attacks.index(attack) % len(colours)],
+            marker=markers[defenses.index(defense) % len(markers)],
+        )
     ax.axhline(protected, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("test accuracy with the defense (utility)")
     ax.set_ylabel(f"attack PSNR, strongest case (dB; exact shown at {ceiling:g})")
     ax.set_title("privacy-utility trade-off: lower right is better")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    handles = [plt.Line2D([], [], color=colours[i % len(colours)], marker="o", linestyle="", label=a)
+               for i, a in enumerate(attacks)]  # fmt: skip
+    handles += [plt.Line2D([], [], color="grey", marker=markers[i % len(markers)], linestyle="", label=d)
+                for i, d in enumerate(defenses)]  # fmt: skip
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="attack / defense")
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+HEADERS = {
+    "threat_label": "threat",
+    "batch_size": "batch",
+    "defense_label": "defense",
+    "psnr": "PSNR dB",
+    "psnr_std": "PSNR std",
+    "ssim": "SSIM",
+    "label_acc": "label acc.",
+    "encoding_psnr": "encoding PSNR",
+    "accuracy": "accuracy",
+    "seconds": "s / batch",
+    "cost_seconds": "full recovery s",
+}
+"""Readable column names for the stored fields."""
 
 
 def _html_table(head: list[str], body: list[list[Any]]) -> str:
     cells = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in line) + "</tr>" for line in body)
-    return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>"
+    return "<table><tr>" + "".join(header(HEADERS.get(h, h)) for h in head) + f"</tr>{cells}</table>"
 
 
 def write_grid_report(grid: Grid, out: str | Path) -> Path:
@@ -118,8 +145,7 @@ def write_report(store: Store, folder: Path, name: str, protected: float = PROTE
         if c["status"] == "done" and (folder / "cells" / (c["key"] + ".png")).exists()
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gradinv grid: {html.escape(name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:3px 6px}}img{{max-width:100%}}</style></head><body>
+<style>{STYLE}table{{font-size:12px}}</style></head><body>
 <h1>Gradient inversion grid: {html.escape(name)}</h1>
 <p>{len(recorded)} cells recorded, {len(failed)} failed. PSNR in dB against the private images (mean and std over
 all images and seeds); <i>encoding_psnr</i>: against the encodings a MixUp/InstaHide client trained on;

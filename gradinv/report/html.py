@@ -17,11 +17,36 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _fmt(value: Any) -> str:
+    """A value for a page: floats to 4 significant digits, ``None`` as n/a, text escaped."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.4g}"
     return html.escape(str(value))
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}
+table{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}
+th[title]{text-decoration:underline dotted;cursor:help}img{max-width:100%;height:auto}
+pre{background:#f5f5f5;padding:1em;overflow:auto;max-width:100%;box-sizing:border-box}"""
+"""The pages' CSS: at most 1200 px wide, tables scroll inside their own box, pictures shrink to fit."""
+
+TOOLTIPS = {
+    "exact": f"share of the batch recovered to within {EXACT_TOLERANCE:g} per pixel (against the originals: "
+    "evaluation only)",
+    "certified": "share of the batch the attack proves without ground truth (see Certificates)",
+    "residual cos": "cosine of the reconstruction's own update with the observed one (1: same direction)",
+    "residual rel. L2": "||u' - u|| / ||u||: near 0 means consistent with the update, not proven to be the data",
+    "label acc.": "share of matched images whose returned label is the original's (unknown labels count as wrong)",
+}
+"""Column explanations shown on hover."""
+
+
+def header(name: str) -> str:
+    """A table header cell, with its explanation on hover when it has one."""
+    tip = TOOLTIPS.get(name)
+    return f'<th title="{html.escape(tip)}">{html.escape(name)}</th>' if tip else f"<th>{html.escape(name)}</th>"
 
 
 def _audit(audit: dict[str, Any] | None) -> str:
@@ -46,6 +71,15 @@ certifies every image of the batch (its own uniqueness condition, not a small re
 early.</p>
 <table><tr><th>attack</th><th>exact</th><th>ran</th><th>why</th></tr>{rows}</table>
 """
+
+
+def _notes(record: dict[str, Any]) -> str:
+    """What to expect of each attack in this setting, when the run states it (the demo does)."""
+    notes = record.get("notes") or {}
+    if not notes:
+        return ""
+    items = "".join(f"<li><b>{_fmt(name)}</b>: {_fmt(text)}</li>" for name, text in notes.items())
+    return f"<h2>Why these results</h2><ul>{items}</ul>"
 
 
 def _certificates(record: dict[str, Any]) -> str:
@@ -107,11 +141,10 @@ def render(record: dict[str, Any], grid: Path, curve: Path) -> str:
         rows.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
     notes = sorted({res["scores"]["lpips_note"] for res in record["attacks"].values() if "lpips_note" in res["scores"]})
     config = html.escape(json.dumps({k: v for k, v in record.items() if k != "attacks"}, indent=2))
+    objective = f"<h2>Attack objective</h2>{_img(curve, 'loss curves')}" if curve.exists() else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>gradinv report</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-td:first-child{{text-align:left}}img{{max-width:100%}}pre{{background:#f5f5f5;padding:1em;overflow:auto}}</style>
+<style>{STYLE}</style>
 </head><body>
 <h1>Gradient inversion report</h1>
 <p>Model <b>{_fmt(record["model"])}</b>, data <b>{_fmt(record["data"])}</b>, batch size <b>{record["batch_size"]}</b>,
@@ -121,6 +154,7 @@ labels {"known" if record["threat"]["knows_labels"] else "withheld"} to the atta
 {_audit(record.get("audit"))}
 <h2>Originals and reconstructions</h2>
 {_img(grid, "originals above reconstructions")}
+{_notes(record)}
 <h2>Scores</h2>
 <p>Reconstructions are matched to originals by the Hungarian algorithm maximising the summed PSNR. "Exact" is
 the share of the batch recovered to within {EXACT_TOLERANCE:g} per pixel (measured against the originals).
@@ -128,11 +162,10 @@ the share of the batch recovered to within {EXACT_TOLERANCE:g} per pixel (measur
 residual compares the reconstruction's own update with the observed one: a relative L2 near 0 says the answer is
 consistent with what the server saw, not that it is the data (where the update does not determine the input, a
 wrong image reproduces it too).</p>
-<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>{"".join(rows)}</table>
+<table><tr>{"".join(header(h) for h in head)}</tr>{"".join(rows)}</table>
 {_certificates(record)}
 {"".join(f"<p><i>{html.escape(n)}</i></p>" for n in notes)}
-<h2>Attack objective</h2>
-{_img(curve, "loss curves")}
+{objective}
 <h2>Configuration</h2>
 <pre>{config}</pre>
 </body></html>

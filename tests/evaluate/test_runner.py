@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 import gradinv as gi
+from gradinv import cli
 from gradinv.cli import app
 from gradinv.evaluate.store import Store
 from gradinv.report.grid import write_grid_report
@@ -120,7 +122,7 @@ def test_grid_records_every_cell_and_image(finished: Path) -> None:
     store.close()
 
 
-def test_report_and_exports(finished: Path) -> None:
+def test_report_and_exports(finished: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     page = (finished / "report.html").read_text()
     assert "What this means" in page and 'alt="trade-off"' in page and "local steps" in page
     assert (finished / "tradeoff.png").stat().st_size > 1000 and len(list((finished / "cells").glob("*.png"))) == 6
@@ -132,8 +134,13 @@ def test_report_and_exports(finished: Path) -> None:
     as_json = json.loads(runner.invoke(app, ["results", str(finished), "--format", "json"]).stdout)
     failed_row = next(r for r in as_json if r["attack"] == "bias_trick" and r["threat_label"] == "fedavg 3 steps")
     assert failed_row["failed"] == 1 and failed_row["psnr"] is None
-    shown = runner.invoke(app, ["results", str(finished)], env={"COLUMNS": "160"})
-    assert shown.exit_code == 0 and "bias_trick" in shown.stdout
+    # readable at 80 columns: whole labels, nothing cut off, every line within the width
+    monkeypatch.setattr(cli, "console", Console(width=80))
+    shown = runner.invoke(app, ["results", str(finished)])
+    assert shown.exit_code == 0 and "bias_trick" in shown.stdout and "prune(ratio=0.99)" in shown.stdout
+    assert "fedavg 3 steps" in shown.stdout and "…" not in shown.stdout and "cost s" in shown.stdout
+    assert "in every row: batch 1" in shown.stdout, shown.stdout  # a column with one value moves to the caption
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 80
 
 
 def test_existing_results_need_resume(finished: Path, grid_file: Path) -> None:
