@@ -68,7 +68,10 @@ def split_options(names: Sequence[str], options: dict[str, Any]) -> dict[str, di
             if (not target or n == target) and option in inspect.signature(attacks.REGISTRY[n].__init__).parameters
         ]
         if not takers:
-            raise ValueError(f"no chosen attack ({', '.join(names)}) takes the option {key!r}")
+            params = {n: [p for p in inspect.signature(attacks.REGISTRY[n].__init__).parameters if p != "self"]
+                      for n in names if not target or n == target}  # fmt: skip
+            valid = "; ".join(f"{n}: {', '.join(p)}" for n, p in params.items())
+            raise ValueError(f"no chosen attack ({', '.join(names)}) takes the option {key!r}; valid options: {valid}")
         for n in takers:
             per[n][option] = value
     return per

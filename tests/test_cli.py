@@ -101,7 +101,7 @@ def test_existing_output_is_never_overwritten_silently(tmp_path) -> None:
 def test_bad_options_give_clear_errors(tmp_path) -> None:
     cases = [
         (["--attack", "nope"], "unknown attack"),
-        (["--opt", "nonsense=1"], "takes the option"),
+        (["--opt", "nonsense=1"], "takes the option 'nonsense'; valid options: inverting_gradients: steps, "),
         (["--model", "vgg"], "unknown model"),
         (["--update", "weights"], "update"),
         (["--normalize", "fancy"], "normalize"),
