@@ -42,6 +42,7 @@ from gradinv.fl.client import num_outputs, observe
 from gradinv.observation import Observation, Reconstruction, ThreatModel
 from gradinv.pipeline import client_training_set, split_options
 from gradinv.report.grid import PROTECTED_PSNR
+from gradinv.validation import check_device
 
 HONEST_EXACT = ("bias_trick", "spear", "rgap")
 MALICIOUS_EXACT = ("trap_weights", "imprint")
@@ -182,6 +183,7 @@ class AuditConfig:
     run_all: bool = False
     seed: int = 0
     client_images: int = 256
+    device: str = "cpu"  # where the client and the attacks compute: cpu, cuda, cuda:N, mps
     """The client's training set drawn from ``data`` for defenses that mix from it (MixUp's ``pool="dataset"``)."""
 
 
@@ -204,6 +206,7 @@ def audit(
         value = getattr(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+    device = str(check_device(config.device))
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)  # the initialisation, where no weights are given, is reproducible too
         model = load_model(config.model, config.model_options, config.weights)
@@ -256,10 +259,17 @@ def audit(
             sent = attack.prepare_model(copy.deepcopy(model), config.threat) if own else model
             fresh = [defenses.make(n, **params) for n, params in config.defenses]  # DP-SGD accounts per object
             observations[key] = observe(
-                sent, images, labels, threat=config.threat, seed=config.seed, defenses=fresh, client_data=pool
+                sent,
+                images,
+                labels,
+                threat=config.threat,
+                seed=config.seed,
+                defenses=fresh,
+                client_data=pool,
+                device=device,
             )
             observations[key].save(folder / ("observation" if key == "shared" else f"observation-{name}"))
-        rec = attack.reconstruct(observations[key], callback=progress(name) if progress else None)
+        rec = attack.reconstruct(observations[key], callback=progress(name) if progress else None, device=device)
         results[name] = (rec, metrics.score(rec, images, labels))
         if not config.run_all and certified(rec, config.batch_size):
             break

@@ -83,6 +83,7 @@ def _threat(normalize: str, **fields: Any) -> ThreatModel:
 PYTHON_TO_CLI = {
     "pass overwrite=True (--overwrite)": "add --overwrite",
     "pass resume=True (--resume) to continue it": "add --resume to continue it",
+    "use device='cpu'": "use --device cpu",
 }
 """Library messages name Python arguments; on the command line the same advice names the flags."""
 
@@ -170,6 +171,7 @@ def attack(
     seed: int = typer.Option(0, help="Seeds the data draw, the client and the model."),
     model_seed: int | None = typer.Option(None, help="Seeds the model's initialisation (default: --seed)."),
     client_images: int = typer.Option(256, help="The client's training set, for MixUp/InstaHide's pool=dataset."),
+    device: str = typer.Option("cpu", help="Where to compute: cpu, cuda, cuda:N or mps."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Simulate a client sharing its update, run attacks on it, and write a report."""
@@ -204,6 +206,7 @@ def attack(
             seed=seed,
             model_seed=model_seed,
             client_images=client_images,
+            device=device,
         )
         with _progress() as factory, _removed_on_failure(out):
             record = run(config, out, overwrite=overwrite, progress=factory)
@@ -235,6 +238,7 @@ DEMO_NOTES = {
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder."),
     steps: int = typer.Option(100, help="L-BFGS steps of DLG/iDLG; Inverting Gradients takes 20x as many Adam steps."),
+    device: str = typer.Option("cpu", help="Where to compute: cpu, cuda, cuda:N or mps."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Attack one real photograph shared as a gradient through the DLG LeNet: iDLG, DLG, Inverting Gradients, R-GAP."""
@@ -248,6 +252,7 @@ def demo(
         indices=(1,),  # chelsea, the cat
         model_seed=0,
         notes=DEMO_NOTES,
+        device=device,
     )
     try:
         with _progress() as factory:
@@ -328,6 +333,7 @@ def audit_command(
     run_all: bool = typer.Option(False, "--all", help="Run every planned attack even after a certified recovery."),
     seed: int = typer.Option(0, help="Seeds which batch is drawn and the client."),
     client_images: int = typer.Option(256, help="The client's training set, for MixUp/InstaHide's pool=dataset."),
+    device: str = typer.Option("cpu", help="Where to compute: cpu, cuda, cuda:N or mps."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Audit your own model: can a server rebuild a client's batch from what it shares? (exact attacks first)"""
@@ -361,6 +367,7 @@ def audit_command(
             run_all=run_all,
             seed=seed,
             client_images=client_images,
+            device=device,
         )
         with _progress() as factory, _removed_on_failure(out):
             record = audit(config, out, overwrite=overwrite, progress=factory)
@@ -382,6 +389,7 @@ def evaluate_grid(
     backend: str = typer.Option("local", help="'local' (in process) or 'ray' (one Ray task per cell)."),
     address: str = typer.Option(None, help="Ray cluster address (default: start a local Ray)."),
     num_cpus: int = typer.Option(None, help="CPUs of the local Ray."),
+    device: str = typer.Option(None, help="Where to compute: cpu, cuda, cuda:N or mps (default: the grid's device)."),
 ) -> None:
     """Run the attack x defense x setting grid of GRID_FILE (Huang et al. 2021's protocol) and write the report."""
     from gradinv.evaluate import GridError, evaluate, load_grid
@@ -403,7 +411,14 @@ def evaluate_grid(
 
             with _removed_on_failure(out, keep_results=True):
                 evaluate(
-                    grid, out, resume=resume, backend=backend, address=address, num_cpus=num_cpus, progress=progress
+                    grid,
+                    out,
+                    resume=resume,
+                    backend=backend,
+                    address=address,
+                    num_cpus=num_cpus,
+                    progress=progress,
+                    device=device,
                 )
             report = write_grid_report(grid, out)
     except (ValueError, FileExistsError, ImportError) as err:

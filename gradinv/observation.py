@@ -7,6 +7,7 @@ information (labels, batch size, BatchNorm statistics, input normalisation) is g
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -21,7 +22,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gradinv import models
-from gradinv.validation import check_model_spec, check_observation_fields, check_update, check_value
+from gradinv.validation import (
+    check_device,
+    check_model_spec,
+    check_observation_fields,
+    check_update,
+    check_value,
+)
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -159,6 +166,23 @@ class Observation:
             raise ValueError("the threat model withholds the batch size, yet the observation carries it")
         if self.bn_stats is not None and not self.threat.knows_bn_stats:
             raise ValueError("the threat model withholds BatchNorm statistics, yet the observation carries them")
+
+    def to(self, device: str | torch.device | None) -> Observation:
+        """A copy of this observation on ``device`` (model, update, labels, BN statistics); ``self`` is unchanged.
+
+        On disk an observation is device-independent (``save`` writes CPU tensors); attacks call this when given a
+        ``device``."""
+        chosen = check_device(device)
+        return replace(
+            self,
+            model=copy.deepcopy(self.model).to(chosen),
+            update={k: v.detach().to(chosen) for k, v in self.update.items()},
+            labels=None if self.labels is None else self.labels.to(chosen),
+            bn_stats=None
+            if self.bn_stats is None
+            else {k: (m.to(chosen), v.to(chosen)) for k, (m, v) in self.bn_stats.items()},
+            defenses=list(self.defenses),
+        )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``observation.json`` and ``tensors.safetensors`` into folder ``path`` (no pickle: safe to load)."""

@@ -15,6 +15,7 @@ from gradinv import attacks, data, defenses, metrics, models, report
 from gradinv.attacks.base import Callback
 from gradinv.fl.client import observe
 from gradinv.observation import ThreatModel
+from gradinv.validation import check_device
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class RunConfig:
     model_seed: int | None = None  # None: ``seed``
     client_images: int = 256  # the client's training set, for defenses that draw from it (MixUp's pool="dataset")
     notes: dict[str, str] = field(default_factory=dict)  # per attack, a sentence for the report (the demo's)
+    device: str = "cpu"  # where the client and the attacks compute: cpu, cuda, cuda:N, mps
 
 
 def client_training_set(client_defenses: Sequence[Any], dataset: str, n: int, **load: Any) -> tuple[Any, Any] | None:
@@ -95,6 +97,7 @@ def run(
     Returns:
         The run record also written to ``metrics.json``.
     """
+    device = str(check_device(config.device))
     for name in config.attacks:
         if name not in attacks.REGISTRY:
             raise ValueError(f"unknown attack {name!r}; available: {', '.join(attacks.names())}")
@@ -133,13 +136,20 @@ def run(
         root=config.root,
     )
     observation = observe(
-        model, images, labels, threat=config.threat, seed=config.seed, defenses=client_defenses, client_data=pool
+        model,
+        images,
+        labels,
+        threat=config.threat,
+        seed=config.seed,
+        defenses=client_defenses,
+        client_data=pool,
+        device=device,
     )
     observation.save(folder / "observation")
     results = {}
     for name, attack in chosen.items():
         log.info("running %s", name)
-        rec = attack.reconstruct(observation, callback=progress(name) if progress else None)
+        rec = attack.reconstruct(observation, callback=progress(name) if progress else None, device=device)
         results[name] = (rec, metrics.score(rec, images, labels))
     record_config = {
         "model": config.model,
@@ -156,6 +166,7 @@ def run(
         "labels": labels.tolist(),
         "seconds_total": time.perf_counter() - started,
         "notes": dict(config.notes),
+        "device": device,
     }
     save_file({"images": images.contiguous(), "labels": labels}, str(folder / "ground_truth.safetensors"))
     return report.write_run(folder, originals=images, results=results, config=record_config)

@@ -167,6 +167,37 @@ def check_seed(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer in [0, 2**63), got {value!r}")
 
 
+def check_device(device: object) -> torch.device:
+    """The device to compute on: ``None`` (the CPU), a string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``,
+    or a ``torch.device``; one this machine does not have raises ``ValueError`` saying so."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, bool) or not isinstance(device, str | torch.device):
+        raise TypeError(f"device must be a string such as 'cpu', 'cuda', 'cuda:1', 'mps', got {type(device).__name__}")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a device name: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(chosen)!r}: CUDA is not available here (torch {torch.__version__}, built with CUDA "
+                f"{torch.version.cuda or 'none'}; torch.cuda.is_available() is False); use device='cpu'"
+            )
+        count = torch.cuda.device_count()
+        if chosen.index is not None and chosen.index >= count:
+            raise ValueError(f"device {str(chosen)!r}: this machine has {count} CUDA device(s), numbered from 0")
+        return torch.device("cuda", torch.cuda.current_device() if chosen.index is None else chosen.index)
+    if chosen.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {str(chosen)!r}: Apple's MPS backend is not available here; use device='cpu'")
+        return chosen
+    if chosen.type != "cpu":
+        raise ValueError(f"device {str(chosen)!r}: gradinv runs on 'cpu', 'cuda[:N]' or 'mps'")
+    return torch.device("cpu")
+
+
 MAX_SPEC_INTEGER = 1 << 20
 """The largest integer a saved ``model_spec`` may hold (a width, a depth, a shape) before anything is built."""
 

@@ -17,6 +17,7 @@ import torch
 from gradinv.attacks.certify import CERTIFIED_RESIDUAL
 from gradinv.fl.client import compute_update, normalize
 from gradinv.observation import UNKNOWN_LABEL, Observation, Reconstruction, ThreatModel
+from gradinv.validation import check_device
 
 Callback = Callable[[int, int, float], None]
 """Called as ``callback(step, total_steps, loss)`` after each step of an attack."""
@@ -57,40 +58,53 @@ class Attack(ABC):
     exact: ClassVar[bool] = False
     """Analytic: where its conditions hold the answer is the data itself, whatever the seed."""
 
-    def reconstruct(self, observation: Observation, *, callback: Callback | None = None) -> Reconstruction:
+    def reconstruct(
+        self,
+        observation: Observation,
+        *,
+        callback: Callback | None = None,
+        device: str | torch.device | None = None,
+    ) -> Reconstruction:
         """Reconstruct the client's images (and labels) from what the server observed.
 
         Args:
             observation: all the attacker sees.
             callback: optional ``callback(step, total_steps, loss)`` for progress.
+            device: where the optimisation attacks run their model (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``;
+                default the CPU). Exact attacks do their algebra in float64 on the CPU whatever ``device`` says
+                (their cost is linear algebra, not model evaluations); ``info["device"]`` records where it ran.
+                The reconstruction comes back on the CPU either way.
 
         Raises:
-            ValueError: the observation lacks side information this attack needs.
+            ValueError: the observation lacks side information this attack needs, or ``device`` is not available.
         """
         if not isinstance(observation, Observation):
             raise TypeError(f"reconstruct expects a gi.Observation, got {type(observation).__name__}")
+        chosen = check_device(device)
         self.check(observation)
+        on = torch.device("cpu") if self.exact else chosen
+        work = observation if _device_of(observation) == on else observation.to(on)
         start = time.perf_counter()
-        result = self.run(observation, callback)
+        result = self.run(work, callback)
         seconds = time.perf_counter() - start
         images = result.images.detach().clamp(0.0, 1.0)
         labels = None if result.labels is None else result.labels.detach()
         known = labels is not None and (labels.dim() == 2 or bool((labels != UNKNOWN_LABEL).all()))
-        residual = gradient_residual(observation, images, labels) if known and labels is not None else {}
-        certified, certificate = self._certify(observation, result, residual, images.shape[0])
+        residual = gradient_residual(work, images.to(on), labels.to(on)) if known and labels is not None else {}
+        certified, certificate = self._certify(work, result, residual, images.shape[0])
         return Reconstruction(
-            images=images,
+            images=images.cpu(),
             # soft (N, K) targets (known labels of MixUp encodings) name no class per image: not reported as labels
-            labels=None if labels is None or labels.dim() != 1 else labels.long(),
+            labels=None if labels is None or labels.dim() != 1 else labels.long().cpu(),
             trace=result.trace,
             seconds=seconds,
             residual=residual,
             attack=self.name,
             config=self.config(),
-            info=result.info,
+            info={**result.info, "device": str(on)},
             certified=certified,
             certificate=certificate,
-            label_counts=result.label_counts,
+            label_counts=None if result.label_counts is None else result.label_counts.cpu(),
         )
 
     def _certify(
@@ -149,6 +163,17 @@ class Attack(ABC):
         if size is None:
             raise ValueError(f"attack {self.name!r} needs the batch size; pass batch_size=<guess>")
         return int(size)
+
+
+def _device_of(observation: Observation) -> torch.device:
+    """Where the observation's model lives (the CPU for a model without parameters)."""
+    first = next(observation.model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+def attacker_device(observation: Observation) -> torch.device:
+    """The device an attack computes on: its (already moved) observation's."""
+    return _device_of(observation)
 
 
 def attacker_model(observation: Observation) -> torch.nn.Module:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from gradinv.attacks.base import Attack, Callback, Result, attacker_model, target_update
+from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
 from gradinv.attacks.objectives import euclidean_distance
 from gradinv.fl.client import compute_update, denormalize
 from gradinv.observation import Observation
@@ -76,15 +76,17 @@ class DLG(Attack):
         target = target_update(observation, model)
         threat, n = observation.threat, self.batch_size_of(observation)
         fixed, label_source = self.fixed_labels(observation, n)
-        generator = torch.Generator().manual_seed(self.seed)
+        device = attacker_device(observation)
+        fixed = None if fixed is None else fixed.to(device)
+        generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same start on every device
         # A FedAvg update is about local_steps * local_lr times a gradient: match it on the gradient's scale, so that
         # L-BFGS's absolute tolerances stop it where they would on one gradient (a constant factor, same minimiser).
         scale = 1.0 if threat.update == "gradient" else 1.0 / (threat.local_steps * threat.local_lr) ** 2
         best: tuple[float, torch.Tensor, torch.Tensor] | None = None
         trace: list[float] = []
         for _ in range(self.restarts):
-            x = torch.randn((n, *observation.image_shape), generator=generator).requires_grad_(True)
-            y = torch.randn((n, observation.num_classes), generator=generator).requires_grad_(fixed is None)
+            x = torch.randn((n, *observation.image_shape), generator=generator).to(device).requires_grad_(True)
+            y = torch.randn((n, observation.num_classes), generator=generator).to(device).requires_grad_(fixed is None)
 
             def objective(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
                 labels = fixed if fixed is not None else torch.softmax(y, dim=-1)

@@ -190,7 +190,7 @@ class DPSGD(Defense):
 
         # the noise's own stream: derived from the client's generator, apart from every other draw
         seed = int.from_bytes(os.urandom(8), "big") >> 1 if self.secure_rng else noise_seed(generator)
-        noise = torch.Generator().manual_seed(seed)
+        noise = torch.Generator(device=inputs.device).manual_seed(seed)  # Opacus draws on the model's device
 
         def dp_step(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
             return dp_gradient(

@@ -35,8 +35,9 @@ def _stats(values: list[Any]) -> dict[str, float | None]:
 _PRETRAINED: dict[str, dict[str, torch.Tensor]] = {}  # per process: pretraining spec key -> trained weights
 
 
-def _model(config: dict[str, Any]) -> torch.nn.Module:
-    """The cell's broadcast model: seeded initialisation, then ``pretrain_epochs`` of clean training if set."""
+def _model(config: dict[str, Any], device: str = "cpu") -> torch.nn.Module:
+    """The cell's broadcast model: seeded initialisation, then ``pretrain_epochs`` of clean training if set (on
+    ``device``; the model comes back on the CPU)."""
     shape = (config["channels"], config["size"], config["size"])
 
     def fresh() -> torch.nn.Module:
@@ -54,16 +55,21 @@ def _model(config: dict[str, Any]) -> torch.nn.Module:
     # what the training depends on: a utility job's configuration without defenses, plus the seed and the epochs
     key = config_key({**(utility_config({**config, "defenses": []}) or {}), "seed": config["seed"], "epochs": epochs})
     if key not in _PRETRAINED:
-        trained = _train(config, fresh, [], epochs, config["seed"]).model
+        trained = _train(config, fresh, [], epochs, config["seed"], device).model
         assert trained is not None
-        _PRETRAINED[key] = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+        _PRETRAINED[key] = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
     model = fresh()
     model.load_state_dict(_PRETRAINED[key])
     return model
 
 
 def _train(
-    config: dict[str, Any], factory: Callable[[], torch.nn.Module], chain: list[Defense], epochs: int, seed: int
+    config: dict[str, Any],
+    factory: Callable[[], torch.nn.Module],
+    chain: list[Defense],
+    epochs: int,
+    seed: int,
+    device: str = "cpu",
 ) -> Utility:
     """Train ``factory()``'s model with ``chain`` on the grid's [utility] data (``gi.evaluate.utility``)."""
     setup = config["utility"]
@@ -79,11 +85,13 @@ def _train(
         lr=setup["lr"],
         normalization=NORMALIZATIONS[config["normalization"]],
         seed=seed,
+        device=device,
     )
 
 
-def run_cell(config: dict[str, Any]) -> dict[str, Any]:
-    """Run one cell; returns ``summary``, per-image ``rows``, and ``originals`` / ``reconstructions`` tensors.
+def run_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Run one cell on ``device``; returns ``summary``, per-image ``rows``, and ``originals`` / ``reconstructions``
+    tensors (on the CPU).
 
     The client's training set is the first ``client_images`` images of the cell's seeded draw (its batches are the
     first ``images``): MixUp/InstaHide with ``pool="dataset"`` draw their partners from it."""
@@ -110,10 +118,12 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
     for batch in range(images.shape[0] // b):
         x, y = images[batch * b : (batch + 1) * b], labels[batch * b : (batch + 1) * b]
         chain = [defenses.make(name, **params) for name, params in config["defenses"]]  # fresh: DP-SGD accounting
-        model = attack.prepare_model(_model(config), threat)
+        model = attack.prepare_model(_model(config, device), threat)
         client_seed = config["seed"] * 100_003 + batch
-        observed = observe(model, x, y, threat=threat, seed=client_seed, defenses=chain, client_data=client_data)
-        rec = attack.reconstruct(observed)
+        observed = observe(
+            model, x, y, threat=threat, seed=client_seed, defenses=chain, client_data=client_data, device=device
+        )
+        rec = attack.reconstruct(observed, device=device)
         scores = metrics.score(rec, x, y)
         label_counts.append(scores.get("label_count_acc"))
         if rec.certificate not in evidence:
@@ -172,11 +182,14 @@ def utility_config(config: dict[str, Any]) -> dict[str, Any] | None:
     return {k: config[k] for k in keep}
 
 
-def run_utility(config: dict[str, Any]) -> dict[str, Any]:
-    """Train with the defenses (``gi.evaluate.utility``) and return the test accuracy and how it was measured."""
+def run_utility(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Train with the defenses (``gi.evaluate.utility``, on ``device``) and return the test accuracy and how it was
+    measured."""
     setup = config["utility"]
     chain = [defenses.make(name, **params) for name, params in config["defenses"]]
-    result = _train(config, lambda: _model({**config, "seed": setup["seed"]}), chain, setup["epochs"], setup["seed"])
+    result = _train(
+        config, lambda: _model({**config, "seed": setup["seed"]}), chain, setup["epochs"], setup["seed"], device
+    )
     return {
         "accuracy": result.accuracy,
         "seconds": result.seconds,
@@ -186,11 +199,11 @@ def run_utility(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def execute(kind: str, config: dict[str, Any]) -> dict[str, Any]:
-    """Run a cell or a utility job; an exception becomes ``{"error": ...}`` so the grid goes on."""
+def execute(kind: str, config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Run a cell or a utility job on ``device``; an exception becomes ``{"error": ...}`` so the grid goes on."""
     start = time.perf_counter()
     try:
-        result = run_cell(config) if kind == "cell" else run_utility(config)
+        result = run_cell(config, device) if kind == "cell" else run_utility(config, device)
     except Exception as err:  # noqa: BLE001 - a failed cell is recorded with its error, the grid continues
         last = traceback.format_exc(limit=-1).strip().splitlines()[-1]
         return {"error": f"{type(err).__name__}: {err}", "where": last, "seconds": time.perf_counter() - start}

@@ -7,7 +7,8 @@ constructor rejects or an impossible combination raises :class:`GridError` namin
 Sections (see ``examples/tiny.toml``)::
 
     [grid]        name, data, root, size, channels, num_classes, normalization, images, batch_sizes, seeds,
-                  client_images (the client's dataset size, for cost estimates; default: images)
+                  client_images (the client's dataset size, for cost estimates; default: images), device ("cpu",
+                  "cuda", "cuda:N", "mps": where the cells compute; not part of a cell's key)
     [utility]     dataset, epochs, n, batch_size, lr, seed (optional: without it no accuracy is measured)
     [[models]]    name, then the model's options
     [[threats]]   label, then ThreatModel fields (knows_labels, knows_bn_stats, bn_mode, update, local_steps, ...)
@@ -57,6 +58,7 @@ GRID_KEYS = {
     "client_images": None,
     "pretrain_epochs": 0,
     "protected_psnr": 20.0,
+    "device": "cpu",
 }
 UTILITY_KEYS = {"dataset": None, "epochs": 1, "n": 1000, "batch_size": 32, "lr": 0.05, "seed": 0}
 GRID_RANGES = {
@@ -409,6 +411,11 @@ def load_grid(path: str | Path) -> Grid:
             )
     if settings["channels"] == 2:
         raise reader.fail("grid", 0, "channels", "channels must be 1 (grey) or 3 (RGB), got 2")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", str(settings["device"])):
+        # whether this machine has it is checked when the grid runs (gradinv evaluate --device overrides it)
+        raise reader.fail(
+            "grid", 0, "device", f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {settings['device']!r}"
+        )
     seeds = settings["seeds"]
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds):
         raise reader.fail("grid", 0, "seeds", "seeds must be a non-empty list of integers in [0, 2**63)")

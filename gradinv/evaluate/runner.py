@@ -14,6 +14,7 @@ from gradinv.evaluate.cells import execute, utility_config
 from gradinv.evaluate.grid import Grid, attack_label, config_key
 from gradinv.evaluate.store import Store
 from gradinv.observation import atomic_write
+from gradinv.validation import check_device
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,14 @@ def jobs(grid: Grid, store: Store) -> list[Job]:
     return pending
 
 
-def _local(pending: list[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
+def _local(pending: list[Job], device: str) -> Iterator[tuple[Job, dict[str, Any]]]:
     for job in pending:
-        yield job, execute(job[0], job[2])
+        yield job, execute(job[0], job[2], device)
 
 
-def _ray(pending: list[Job], address: str | None, num_cpus: int | None) -> Iterator[tuple[Job, dict[str, Any]]]:
+def _ray(
+    pending: list[Job], address: str | None, num_cpus: int | None, device: str
+) -> Iterator[tuple[Job, dict[str, Any]]]:
     try:
         import ray
     except ImportError as err:
@@ -55,9 +58,10 @@ def _ray(pending: list[Job], address: str | None, num_cpus: int | None) -> Itera
             options["num_cpus"] = num_cpus
         ray.init(**options)
     try:
-        remote = ray.remote(execute)
+        # a GPU cell reserves one whole GPU (a Ray task that reserves none may not see any)
+        remote = ray.remote(num_gpus=1)(execute) if device.startswith("cuda") else ray.remote(execute)
         # utility jobs go first and cells do not wait on them: accuracy joins the cells when the report is written
-        waiting = {remote.remote(kind, config): (kind, key, config) for kind, key, config in pending}
+        waiting = {remote.remote(kind, config, device): (kind, key, config) for kind, key, config in pending}
         while waiting:
             ready, _ = ray.wait(list(waiting), num_returns=1)
             for ref in ready:
@@ -97,6 +101,7 @@ def evaluate(
     address: str | None = None,
     num_cpus: int | None = None,
     progress: Progress | None = None,
+    device: str | None = None,
 ) -> Path:
     """Run every cell of ``grid`` not yet recorded in ``out/results.sqlite`` (the report is
     :func:`gradinv.report.grid.write_grid_report`'s: this module computes and stores, the report reads).
@@ -109,12 +114,16 @@ def evaluate(
         address: a Ray cluster to join (``None``: start a local Ray).
         num_cpus: CPUs of the local Ray (``None``: all).
         progress: optional ``progress(done, total, description)``.
+        device: where cells and utility trainings compute (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; default
+            the grid's ``[grid] device``, itself ``"cpu"`` by default). Not part of a cell's key: results are
+            identical in meaning on every device, and a run resumed on another device continues the same cells.
 
     Returns:
         The output folder.
     """
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    chosen = str(check_device(device if device is not None else grid.settings.get("device", "cpu")))
     folder = Path(out)
     database = folder / "results.sqlite"
     if database.exists() and not resume:
@@ -137,7 +146,7 @@ def evaluate(
         log.info(start)
         if progress is not None:
             progress(0, total, start)
-        stream = _local(pending) if backend == "local" else _ray(pending, address, num_cpus)
+        stream = _local(pending, chosen) if backend == "local" else _ray(pending, address, num_cpus, chosen)
         for done, (job, result) in enumerate(stream, start=1):
             description = _save(store, folder, job, result)
             if progress is not None:

@@ -15,7 +15,7 @@ from gradinv.defenses.base import Defense
 from gradinv.defenses.dpsgd import DPSGD, gaussian_epsilon
 from gradinv.fl.client import client_trainer, cross_entropy, defended_update, encode_batch, normalize, num_outputs
 from gradinv.observation import Normalization, ThreatModel
-from gradinv.validation import check_call, check_images, check_labels
+from gradinv.validation import check_call, check_device, check_images, check_labels
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ def utility(
     normalization: Normalization | None = None,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> Utility:
     """Train a fresh model as defended clients would, then measure its test accuracy.
 
@@ -96,12 +97,17 @@ def utility(
         lr, momentum: the server's SGD on the shared updates.
         normalization: the client's input normalisation (as in :class:`gradinv.ThreatModel`).
         progress: optional ``progress(step, total_steps, nan)`` after each step.
+        device: where the model trains (``"cpu"``, ``"cuda"``, ...; default the CPU). The defenses' ``apply`` runs on
+            the CPU (the same noise draws on every device); the returned model stays on ``device``.
 
     Raises:
         ValueError: ``epochs`` < 1, ``test_fraction`` outside (0, 1), ``batch_size`` < 1, or a defense that needs a
             larger batch than ``batch_size``.
     """
-    check_call("utility", utility, {k: v for k, v in locals().items() if k not in ("model_factory", "dataset")})
+    check_call(
+        "utility", utility, {k: v for k, v in locals().items() if k not in ("model_factory", "dataset", "device")}
+    )
+    chosen = check_device(device)
     if epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if not 0 <= momentum < 1 or not lr > 0:
@@ -121,6 +127,7 @@ def utility(
         model = defense.prepare_model(model)
     num_classes = num_outputs(model, tuple(images.shape[1:]))
     labels = check_labels(labels, images.shape[0], num_classes)
+    model = model.to(chosen)
     train_x, train_y, test_x, test_y = _split(images, labels, test_fraction, seed)
     threat = ThreatModel(normalization=normalization, bn_mode="train")
     names = [name for name, _ in model.named_parameters()]
@@ -138,29 +145,31 @@ def utility(
             x, y = encode_batch(
                 train_x[idx], train_y[idx], num_classes, defenses, seed * 1_000_003 + step, (train_x, train_y)
             )
-            inputs = normalize(x, normalization)
+            inputs = normalize(x, normalization).to(chosen)
             model.train()
-            update = defended_update(model, inputs, y, threat, trainer, generator)
-            shared = {name: u.detach() for name, u in zip(names, update, strict=True)}
+            update = defended_update(model, inputs, y.to(chosen), threat, trainer, generator)
+            shared = {name: u.detach().cpu() for name, u in zip(names, update, strict=True)}
             for defense in defenses:
                 shared = defense.apply(shared, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             for name, param in model.named_parameters():
-                param.grad = shared[name].to(param.dtype).clone()
+                param.grad = shared[name].to(param).clone()
             optimizer.step()
             step += 1
             if progress is not None:
                 progress(step, total, float("nan"))
     model.eval()
     with torch.no_grad():
-        train_loss = float(cross_entropy(model(normalize(train_x[:1024], normalization)), train_y[:1024]))
-    test_inputs = normalize(test_x, normalization)
+        train_loss = float(
+            cross_entropy(model(normalize(train_x[:1024], normalization).to(chosen)), train_y[:1024].to(chosen))
+        )
+    test_inputs = normalize(test_x, normalization).to(chosen)
     dp = next((d for d in defenses if isinstance(d, DPSGD)), None)
     epsilon = (
         None if dp is None else gaussian_epsilon(dp.noise_multiplier, batch_size / train_x.shape[0], step, dp.delta)
     )
     return Utility(
-        accuracy=accuracy(model, test_inputs, test_y),
+        accuracy=accuracy(model, test_inputs, test_y.to(chosen)),
         train_loss=train_loss,
         epochs=epochs,
         steps=step,

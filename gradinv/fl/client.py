@@ -17,7 +17,7 @@ from gradinv.defenses.base import Defense
 from gradinv.models import num_outputs
 from gradinv.observation import Observation, ThreatModel
 from gradinv.update import compute_update, cross_entropy, denormalize, minibatches, normalize
-from gradinv.validation import check_images, check_labels
+from gradinv.validation import check_device, check_images, check_labels
 
 __all__ = [
     "bn_statistics",
@@ -156,6 +156,7 @@ def observe(
     seed: int = 0,
     defenses: Sequence[Defense] = (),
     client_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
 ) -> Observation:
     """Simulate one client sharing its update and return all the attacker sees.
 
@@ -169,7 +170,11 @@ def observe(
             (the server knows which defense the protocol runs).
         client_data: the client's whole training set ``(images, labels)`` (the batch's images may be part of it),
             for defenses that draw from it: MixUp/InstaHide with ``pool="dataset"``.
+        device: where the client computes its update (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; default the
+            CPU). The observation comes back on the CPU whatever the device (attacks take their own ``device``);
+            the defenses' ``apply`` runs on the CPU, so their noise is the same draw on every device.
     """
+    chosen = check_device(device)
     threat = threat or ThreatModel()
     if not isinstance(threat, ThreatModel):
         raise TypeError(f"threat must be a gi.ThreatModel, got {type(threat).__name__}")
@@ -188,14 +193,17 @@ def observe(
     images, targets = encode_batch(images, labels, num_classes, defenses, seed, client_data)
     inputs = normalize(images, threat.normalization)
     broadcast = copy.deepcopy(model).train(threat.bn_mode == "train")
-    client = copy.deepcopy(broadcast)
-    with torch.random.fork_rng():
+    client = copy.deepcopy(broadcast).to(chosen)
+    inputs, on_device = inputs.to(chosen), targets.to(chosen)
+    with torch.random.fork_rng(devices=[chosen.index or 0] if chosen.type == "cuda" else []):
         torch.manual_seed(seed)
         bn = bn_statistics(copy.deepcopy(client), inputs) if threat.knows_bn_stats else None
         generator = torch.Generator().manual_seed(seed)
-        update = defended_update(client, inputs, targets, threat, trainer, generator)
+        update = defended_update(client, inputs, on_device, threat, trainer, generator)
+    if bn is not None:
+        bn = {name: (mean.cpu(), var.cpu()) for name, (mean, var) in bn.items()}
     names = [n for n, _ in broadcast.named_parameters()]
-    shared = {n: u.detach().clone() for n, u in zip(names, update, strict=True)}
+    shared = {n: u.detach().cpu().clone() for n, u in zip(names, update, strict=True)}
     for defense in defenses:
         shared = defense.apply(shared, generator=generator)
     return Observation(

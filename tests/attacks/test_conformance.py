@@ -110,6 +110,10 @@ def test_restarts_keep_the_best_by_gradient_loss(name: str, key: str) -> None:
     obs, _ = _observe(name)
     single = gi.attacks.make(name, steps=5, seed=2, restarts=1).reconstruct(obs)
     triple = gi.attacks.make(name, steps=5, seed=2, restarts=3).reconstruct(obs)
-    # Assert: the kept result is never worse than the first restart, and the trace covers every restart
+    # Assert: the kept result is never worse than the first restart; DLG's trace covers every restart one after
+    # another, Inverting Gradients' (restarts in lockstep) is the chosen restart's, one value per step
     assert triple.info[key] <= single.info[key]
-    assert len(triple.trace) > len(single.trace)
+    if name == "dlg":
+        assert len(triple.trace) > len(single.trace)
+    else:
+        assert len(triple.trace) == len(single.trace) == 5

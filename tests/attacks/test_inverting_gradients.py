@@ -118,3 +118,40 @@ def test_batchnorm_prior_targets_and_errors(photo) -> None:
         ig["running"].reconstruct(lenet)
     with pytest.raises(ValueError, match="bn_prior"):
         gi.attacks.make("inverting_gradients", bn_prior="proxy")
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+def test_vectorised_restarts_are_the_same_runs_as_one_after_another(bn_mode: str) -> None:
+    # Prepare: two photographs, 3 restarts of 15 steps; in eval mode the restarts run as one vmap, in train mode
+    # (BatchNorm uses each trial's own batch) they cannot and run one after another
+    images, labels = gi.data.load("skimage", indices=[1, 3], size=16)
+    model = gi.models.make("convnet", width=8, image_shape=(3, 16, 16), seed=0)
+    obs = gi.observe(model, images, labels, threat=gi.ThreatModel(bn_mode=bn_mode, knows_labels=True))
+    # Execute
+    runs = [
+        gi.attacks.make("inverting_gradients", steps=15, restarts=3, seed=2, batched=b).reconstruct(obs)
+        for b in (True, False)
+    ]
+    # Assert: the same restart wins with the same image and objective trajectory
+    assert runs[0].info["vectorised_restarts"] is (bn_mode == "eval") and not runs[1].info["vectorised_restarts"]
+    assert torch.allclose(runs[0].images, runs[1].images, atol=1e-4)
+    assert runs[0].trace == pytest.approx(runs[1].trace, rel=1e-3, abs=1e-6)
+    assert runs[0].info["gradient_loss"] == pytest.approx(runs[1].info["gradient_loss"], rel=1e-4)
+
+
+def test_keep_best_returns_the_iterate_of_lowest_objective(trained) -> None:
+    # Prepare: a held-out digit through the trained ConvNet, where the objective plateaus early
+    x, y = trained.images[:1], trained.labels[:1]
+    obs = gi.observe(
+        trained.convnet.model, x, y, threat=gi.ThreatModel(bn_mode="eval", normalization=((0.5,), (0.25,)))
+    )
+    # Execute
+    last, best = (
+        gi.attacks.make("inverting_gradients", steps=500, seed=0, keep=keep).reconstruct(obs)
+        for keep in ("last", "best")
+    )
+    # Assert: the same trajectory; "best" returns an earlier iterate of lower objective, with less of the digit
+    assert last.trace == best.trace and min(best.trace) < last.trace[-1]
+    assert gi.metrics.score(last, x, y)["ssim"] > gi.metrics.score(best, x, y)["ssim"] + 0.05
+    with pytest.raises(ValueError, match="keep"):
+        gi.attacks.make("inverting_gradients", keep="first")
