@@ -9,7 +9,16 @@ print(gi.metrics.score(rec, images, labels))
 """
 
 import importlib
+import os
+import sys
 from typing import Any
+
+# OpenMP threads that wait by sleeping, not spinning, unless the user chose otherwise: beside a CPU-bound neighbour,
+# spinning threads collapsed attacks to 3-5x their time alone on 2 cores, sleeping ones keep to the 2x of a fair
+# share (benchmarks/contention.py). OpenMP reads this when torch loads, so it acts only if torch is not loaded yet
+# (always so for the gradinv command; in Python, import gradinv before torch, or set the variable yourself).
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from gradinv import analysis, attacks, data, defenses, evaluate, metrics, models
 from gradinv.fl.client import observe

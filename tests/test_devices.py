@@ -112,3 +112,24 @@ def test_the_grid_names_its_device(tmp_path) -> None:
             evaluate(grid, tmp_path / "out")
     out = evaluate(grid, tmp_path / "cpu", device="cpu")  # --device overrides the grid's
     assert (out / "results.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    "given, code, expected",
+    [
+        (None, "import gradinv", "PASSIVE"),  # sleeping OpenMP threads by default (benchmarks/contention.py)
+        ("ACTIVE", "import gradinv", "ACTIVE"),  # the user's choice wins
+        (None, "import torch, gradinv", "unset"),  # torch loaded first: too late to act, so nothing is claimed
+    ],
+)
+def test_openmp_threads_sleep_unless_told_otherwise(given: str | None, code: str, expected: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    script = f"{code}; import os; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == expected
