@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from gradinv.attacks.adaptive import defense_view
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
 from gradinv.attacks.objectives import euclidean_distance
 from gradinv.fl.client import compute_update, denormalize
@@ -34,6 +35,9 @@ class DLG(Attack):
         restarts: independent random starts; the one with the smallest gradient distance wins.
         seed: seeds the dummy initialisation.
         batch_size: the batch size to assume when the threat model withholds it.
+        adaptive: account for the client's recorded defense (:mod:`gradinv.attacks.adaptive`: under pruning or
+            top-k, match only the entries the defense let through); a defense without an adaptive counterpart
+            raises ``ValueError``.
     """
 
     name = "dlg"
@@ -50,6 +54,7 @@ class DLG(Attack):
         restarts: int = 1,
         seed: int = 0,
         batch_size: int | None = None,
+        adaptive: bool = False,
     ) -> None:
         check_arguments(self, locals())
         if steps < 1 or restarts < 1 or max_iter < 1:
@@ -64,6 +69,7 @@ class DLG(Attack):
             raise ValueError(f"line_search must be None (the paper) or 'strong_wolfe', got {line_search!r}")
         self.line_search = line_search
         self.restarts, self.seed, self.batch_size = restarts, seed, batch_size
+        self.adaptive = adaptive
 
     def fixed_labels(self, observation: Observation, n: int) -> tuple[torch.Tensor | None, str]:
         """Labels to hold fixed (``None``: optimise dummy labels jointly, as DLG does) and where they came from."""
@@ -74,6 +80,7 @@ class DLG(Attack):
     def run(self, observation: Observation, callback: Callback | None) -> Result:
         model = attacker_model(observation)
         target = target_update(observation, model)
+        view = defense_view(observation, target) if self.adaptive else list
         threat, n = observation.threat, self.batch_size_of(observation)
         fixed, label_source = self.fixed_labels(observation, n)
         device = attacker_device(observation)
@@ -90,7 +97,8 @@ class DLG(Attack):
 
             def objective(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
                 labels = fixed if fixed is not None else torch.softmax(y, dim=-1)
-                distance = euclidean_distance(compute_update(model, x, labels, threat, create_graph=True), target)
+                trial = view(compute_update(model, x, labels, threat, create_graph=True))
+                distance = euclidean_distance(trial, target)
                 return distance * scale
 
             candidate = self._minimise(objective, x, y, fixed is None, trace, callback)
@@ -101,7 +109,8 @@ class DLG(Attack):
         loss, x_best, y_best = best
         labels = fixed if fixed is not None else y_best.argmax(dim=-1)
         images = denormalize(x_best, threat.normalization)
-        return Result(images, labels, trace, info={"gradient_distance": loss, "label_source": label_source})
+        info = {"gradient_distance": loss, "label_source": label_source, "adaptive": self.adaptive}
+        return Result(images, labels, trace, info=info)
 
     def _minimise(
         self,

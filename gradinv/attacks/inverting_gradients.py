@@ -8,6 +8,7 @@ import torch
 from torch.func import functional_call
 
 from gradinv.attacks import labels as label_recovery
+from gradinv.attacks.adaptive import defense_view, support_masks
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
 from gradinv.attacks.objectives import (
     BatchNormInputs,
@@ -59,6 +60,9 @@ class InvertingGradients(Attack):
         bn_prior: ``"running"`` or ``"none"``: what the prior matches when the batch's statistics are withheld.
         batched: run the restarts as one vectorised computation (:func:`trials_objective`) where the setting allows
             it (:func:`vectorisable`); the same math as one restart after another.
+        adaptive: account for the client's recorded defense (:mod:`gradinv.attacks.adaptive`: under pruning or
+            top-k, match only the entries the defense let through); a defense without an adaptive counterpart
+            raises ``ValueError``.
         keep: ``"last"`` (the paper's script returns each restart's final iterate) or ``"best"`` (breaching keeps
             each restart's iterate of lowest objective). On trained networks, where the objective plateaus early,
             the two differ: the best-by-objective iterate of a digit came from step 113 of 500 with less structure
@@ -89,6 +93,7 @@ class InvertingGradients(Attack):
         bn_prior: str = "running",
         batched: bool = True,
         keep: str = "last",
+        adaptive: bool = False,
     ) -> None:
         check_arguments(self, locals())
         if steps < 1 or restarts < 1:
@@ -107,11 +112,13 @@ class InvertingGradients(Attack):
         self.bn_reg, self.bn_prior = bn_reg, bn_prior
         if keep not in ("last", "best"):
             raise ValueError(f"keep must be 'last' (the paper's script) or 'best' (breaching's), got {keep!r}")
-        self.batched, self.keep = batched, keep
+        self.batched, self.keep, self.adaptive = batched, keep, adaptive
 
     def run(self, observation: Observation, callback: Callback | None) -> Result:
         model = attacker_model(observation)
         target = target_update(observation, model)
+        view = defense_view(observation, target) if self.adaptive else list
+        masks = support_masks(target) if self.adaptive else None
         threat, n = observation.threat, self.batch_size_of(observation)
         labels = observation.labels
         label_source = "threat model"
@@ -138,12 +145,12 @@ class InvertingGradients(Attack):
         def trial_losses() -> torch.Tensor:
             """The objective of every restart, ``(R,)``, differentiable w.r.t. ``variables``."""
             if vectorised:
-                return trials_objective(model, variables[0], labels, target, self.tv)
+                return trials_objective(model, variables[0], labels, target, self.tv, masks)
             losses = []
             for x in variables:
                 recorder = None if bn_target is None else BatchNormInputs(model)
                 with recorder or contextlib.nullcontext():
-                    update = compute_update(model, x, labels, threat, create_graph=True)
+                    update = view(compute_update(model, x, labels, threat, create_graph=True))
                 loss = cosine_distance(update, target) + self.tv * total_variation(x)
                 if recorder is not None and bn_target is not None:
                     loss = loss + self.bn_reg * batchnorm_matching(recorder.stats, bn_target)
@@ -182,10 +189,15 @@ class InvertingGradients(Attack):
         for r, (value, x) in enumerate(zip(final, trials(), strict=True)):
             if self.keep == "last" or value < best_loss[r]:
                 best_loss[r], best_x[r] = value, x.detach().clone()
-        scores = [float(cosine_distance(compute_update(model, x, labels, threat), target).detach()) for x in best_x]
+        scores = [float(cosine_distance(view(compute_update(model, x, labels, threat)), target)) for x in best_x]
         chosen = min(range(self.restarts), key=lambda r: scores[r])  # restarts ranked by gradient loss (the paper)
         images = denormalize(best_x[chosen], threat.normalization)
-        info = {"gradient_loss": scores[chosen], "label_source": label_source, "vectorised_restarts": vectorised}
+        info = {
+            "gradient_loss": scores[chosen],
+            "label_source": label_source,
+            "vectorised_restarts": vectorised,
+            "adaptive": self.adaptive,
+        }
         if bn_target is not None:
             info["bn_target"] = "client batch" if observation.bn_stats is not None else "running statistics"
         return Result(images, labels, [h[chosen] for h in history], info=info)
@@ -219,13 +231,15 @@ def trials_objective(
     labels: torch.Tensor,
     target: list[torch.Tensor],
     tv: float,
+    masks: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Inverting Gradients' objective (Eq. 4) for ``R`` independent trials at once, ``(R,)``.
 
     ``trials`` is ``(R, n, C, H, W)``: each trial its own batch of ``n`` dummy inputs. Each trial's gradient of the mean
     loss w.r.t. the weights is taken by ``torch.func.grad`` inside ``torch.func.vmap`` over the trials (so trial ``r``'s
     gradient sums over its own ``n`` inputs only), then compared with ``target`` in cosine distance, plus ``tv`` times
-    its total variation. Equal to evaluating the trials one after another (to float rounding); differentiable w.r.t.
+    its total variation; ``masks`` (the adaptive view under a sparsifying defense) keep only the entries the
+    defense let through. Equal to evaluating the trials one after another (to float rounding); differentiable w.r.t.
     ``trials``."""
     names = [name for name, _ in model.named_parameters()]
     params = {name: p.detach() for name, p in model.named_parameters()}
@@ -236,6 +250,9 @@ def trials_objective(
             return cross_entropy(functional_call(model, (weights, buffers), (x,)), labels)
 
         gradient = torch.func.grad(loss)(params)
-        return cosine_distance([gradient[name] for name in names], target) + tv * total_variation(x)
+        trial = [gradient[name] for name in names]
+        if masks is not None:
+            trial = [g * m for g, m in zip(trial, masks, strict=True)]
+        return cosine_distance(trial, target) + tv * total_variation(x)
 
     return torch.func.vmap(one)(trials)

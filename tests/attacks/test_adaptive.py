@@ -1,0 +1,75 @@
+"""Adaptive attacks (gradinv/attacks/adaptive.py): under a sparsifying defense the attacker matches only the entries
+the defense let through; it never falls back to the plain attack silently."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gradinv as gi
+from gradinv.attacks.adaptive import defense_view, support_masks
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    # the cat (16x16) through DLG's LeNet, its gradient pruned to the largest 10% (1,007 of 10,066 entries survive)
+    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
+    images, labels = gi.data.load("skimage", indices=[1], size=16)
+    obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("prune", ratio=0.9)])
+    return obs, images, labels
+
+
+def test_the_adaptive_view_keeps_only_what_the_defense_let_through(pruned) -> None:
+    obs, _, _ = pruned
+    target = [obs.update[n] for n, _ in obs.model.named_parameters()]
+    masks = support_masks(target)
+    kept = sum(int(m.sum()) for m in masks)
+    assert kept == sum(int((t != 0).sum()) for t in target) and 0.09 < kept / sum(t.numel() for t in target) < 0.11
+    trial = [torch.ones_like(t) for t in target]
+    seen = defense_view(obs, target)(trial)
+    assert all(torch.equal(s, m) for s, m in zip(seen, masks, strict=True))
+
+
+def test_adaptive_idlg_matches_the_surviving_entries_where_the_plain_one_cannot(pruned) -> None:
+    obs, images, labels = pruned
+    plain, adaptive = (
+        gi.attacks.make("idlg", steps=60, line_search="strong_wolfe", adaptive=a).reconstruct(obs)
+        for a in (False, True)
+    )
+    # the plain attack asks the trial gradient to vanish where the defense cut it and stalls far from the update;
+    # the adaptive one matches what was shared (here the 1,007 equations still leave the image undetermined for
+    # L-BFGS: 7.2 dB, see the issue note; the objective is what proves the adaptation)
+    assert adaptive.info["adaptive"] and not plain.info["adaptive"]
+    assert adaptive.trace[-1] < 1e-3 * plain.trace[-1]
+
+
+def test_adaptive_inverting_gradients_recovers_more_of_the_image(pruned) -> None:
+    obs, images, labels = pruned
+    psnr = {
+        a: gi.metrics.score(
+            gi.attacks.make("inverting_gradients", steps=1000, adaptive=a).reconstruct(obs), images, labels
+        )["psnr"]
+        for a in (False, True)
+    }
+    assert psnr[True] > psnr[False] + 4.0, psnr  # measured 15.0 against 7.4 dB
+
+
+def test_adaptive_attacks_refuse_what_they_cannot_adapt_to() -> None:
+    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
+    images, labels = gi.data.load("skimage", indices=[1], size=16)
+    plain = gi.observe(model, images, labels)
+    with pytest.raises(ValueError, match="records no client defense"):
+        gi.attacks.make("dlg", steps=1, adaptive=True).reconstruct(plain)
+    noisy = gi.observe(model, images, labels, defenses=[gi.defenses.make("noise", std=1e-3)])
+    with pytest.raises(ValueError, match=r"no adaptive counterpart yet for the defense\(s\) \['noise'\]"):
+        gi.attacks.make("inverting_gradients", steps=1, adaptive=True).reconstruct(noisy)
+
+
+def test_vectorised_restarts_see_the_same_adaptive_view(pruned) -> None:
+    obs, _, _ = pruned
+    runs = [
+        gi.attacks.make("inverting_gradients", steps=30, restarts=2, adaptive=True, batched=b).reconstruct(obs)
+        for b in (True, False)
+    ]
+    assert runs[0].info["vectorised_restarts"] and not runs[1].info["vectorised_restarts"]
+    assert torch.allclose(runs[0].images, runs[1].images, atol=1e-4)
