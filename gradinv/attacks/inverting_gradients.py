@@ -189,7 +189,9 @@ class InvertingGradients(Attack):
         for r, (value, x) in enumerate(zip(final, trials(), strict=True)):
             if self.keep == "last" or value < best_loss[r]:
                 best_loss[r], best_x[r] = value, x.detach().clone()
-        scores = [float(cosine_distance(view(compute_update(model, x, labels, threat)), target)) for x in best_x]
+        scores = [
+            float(cosine_distance(view(compute_update(model, x, labels, threat)), target).detach()) for x in best_x
+        ]
         chosen = min(range(self.restarts), key=lambda r: scores[r])  # restarts ranked by gradient loss (the paper)
         images = denormalize(best_x[chosen], threat.normalization)
         info = {
