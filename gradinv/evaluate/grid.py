@@ -17,6 +17,10 @@ Sections (see ``examples/tiny.toml``)::
     [[defenses]]  name ("none" for none) and its parameters, ``sweep = { parameter = [values] }``, or
                   ``chain = [{ name = "prune", ratio = 0.9 }, { name = "mixup", k = 4 }]``; optional label
 
+An attack entry with ``adaptive = true`` (:mod:`gradinv.attacks.adaptive`) runs only against the defense settings it
+adapts to (so far pruning and top-k); list the attack twice, plain and adaptive, and the report's ranking takes the
+stronger per defense.
+
 Any [[attacks]] or [[defenses]] entry may take ``batch_sizes = [...]`` (drawn from [grid]) and ``threats = [...]``
 (labels of [[threats]]) to run only there. ``pretrain_epochs`` in [grid] attacks the model after that many epochs of
 clean training on the [utility] dataset (Huang et al. attack a model in training, not at its initialisation).
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from gradinv import attacks, data, defenses, models
+from gradinv.attacks.adaptive import SPARSIFIERS
 from gradinv.attacks.base import Attack
 from gradinv.data import NORMALIZATIONS
 from gradinv.defenses.mixup import MixUp
@@ -435,12 +440,16 @@ def load_grid(path: str | Path) -> Grid:
         raise reader.fail("threats", 0, None, f"threat labels must differ, got {labels}")
     attack_list, defense_list = _attacks(reader, settings, labels), _defenses(reader, settings, labels)
     grid = Grid(name=settings["name"], path=reader.path, settings={**settings, "utility": utility})
+    adapted: set[int] = set()
     for (a, (name, options, attack_only, shown)), (threat_label, threat), b in itertools.product(
         enumerate(attack_list), threats, settings["batch_sizes"]
     ):
         for defense_label, chain, defense_only, d in defense_list:
             if any(b not in only[0] or threat_label not in only[1] for only in (attack_only, defense_only)):
                 continue
+            if options.get("adaptive") and not adaptable(chain):
+                continue  # an adaptive attack runs against the defenses it adapts to; the plain entry covers the rest
+            adapted.add(a)
             problem = conflict(attacks.REGISTRY[name], options, threat, b, chain)
             if problem:
                 table, index = ("defenses", d) if problem.startswith("defense") else ("attacks", a)
@@ -476,4 +485,15 @@ def load_grid(path: str | Path) -> Grid:
                         }
                     )
                 )
+    for a, (_name, options, _, shown) in enumerate(attack_list):
+        if options.get("adaptive") and a not in adapted:
+            raise GridError(
+                f"{reader.path}:{_line(reader.lines, 'attacks', a, None)}: [attacks] {shown!r} is adaptive, but no "
+                f"defense of the grid has an adaptive counterpart (those exist for {sorted(SPARSIFIERS)})"
+            )
     return grid
+
+
+def adaptable(chain: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Whether an adaptive attack can account for every defense of ``chain`` (and there is one)."""
+    return bool(chain) and all(name in SPARSIFIERS for name, _ in chain)

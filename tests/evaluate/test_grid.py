@@ -141,3 +141,36 @@ def test_pretraining_needs_a_utility_dataset(tmp_path: Path) -> None:
     text = BASE.replace("images = 4", "images = 4\npretrain_epochs = 1") + '[[defenses]]\nname = "none"\n'
     with pytest.raises(GridError, match="grid.toml:3:.*needs a \\[utility\\] dataset"):
         load_grid(_grid(tmp_path, text))
+
+
+def test_an_adaptive_attack_runs_only_against_the_defenses_it_adapts_to(tmp_path: Path) -> None:
+    defenses = """
+[[attacks]]
+name = "inverting_gradients"
+label = "ig adaptive"
+adaptive = true
+steps = 5
+
+[[defenses]]
+name = "none"
+
+[[defenses]]
+name = "prune"
+sweep = { ratio = [0.5, 0.9] }
+
+[[defenses]]
+name = "noise"
+std = 0.01
+"""
+    grid = load_grid(_grid(tmp_path, BASE + defenses))
+    pairs = {(attack_label(c.config), c.config["defense_label"]) for c in grid.cells}
+    assert {d for a, d in pairs if a == "ig adaptive"} == {"prune(ratio=0.5)", "prune(ratio=0.9)"}
+    assert {d for a, d in pairs if a == "bias_trick"} == {
+        "none",
+        "prune(ratio=0.5)",
+        "prune(ratio=0.9)",
+        "noise(std=0.01)",
+    }
+    only_noise = BASE + defenses.split("[[defenses]]")[0] + '[[defenses]]\nname = "noise"\nstd = 0.01\n'
+    with pytest.raises(GridError, match="'ig adaptive' is adaptive, but no defense of the grid has an adaptive"):
+        load_grid(_grid(tmp_path, only_noise))
