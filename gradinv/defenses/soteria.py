@@ -23,7 +23,7 @@ def representation_sensitivity(model: nn.Module, layer: nn.Module, inputs: torch
     x = inputs.detach().clone().requires_grad_(True)
     _, r = layer_input(model, layer, x)  # (N, F)
     features = r.shape[1]
-    cotangents = torch.eye(features, dtype=r.dtype)[:, None, :].expand(features, r.shape[0], features)
+    cotangents = torch.eye(features, dtype=r.dtype, device=r.device)[:, None, :].expand(features, r.shape[0], features)
     (jac,) = torch.autograd.grad(r, x, grad_outputs=cotangents, is_grads_batched=True)  # (F, N, C, H, W)
     norms = jac.flatten(2).norm(dim=2)  # (F, N)
     return (norms / (r.detach().T + 1e-10)).sum(dim=1)

@@ -63,7 +63,7 @@ def recover(strategy: str, observation: Observation, n: int) -> torch.Tensor:
     bias = observation.update[bias_name] if bias_name else None
     if not bool(weight.abs().max() > 0) and (bias is None or not bool(bias.abs().max() > 0)):
         raise ValueError(f"the classifier's update ({weight_name}) is zero: it carries no label information")
-    return REGISTRY[strategy][0](weight.detach(), None if bias is None else bias.detach(), n)
+    return REGISTRY[strategy][0](weight.detach(), None if bias is None else bias.detach(), n).to(weight.device)
 
 
 def label_counts(observation: Observation, n: int, strategy: str = "auto") -> torch.Tensor:
