@@ -183,8 +183,9 @@ class AuditConfig:
     run_all: bool = False
     seed: int = 0
     client_images: int = 256
-    device: str = "cpu"  # where the client and the attacks compute: cpu, cuda, cuda:N, mps
     """The client's training set drawn from ``data`` for defenses that mix from it (MixUp's ``pool="dataset"``)."""
+    device: str = "cpu"
+    """Where the client and the attacks compute: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
 
 
 def audit(

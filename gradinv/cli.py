@@ -94,6 +94,12 @@ def _cli_spelling(message: str) -> str:
     return message
 
 
+def _fail(err: BaseException) -> typer.Exit:
+    """Print ``err`` as a one-line error in command-line spelling; the exit (status 2) for the caller to raise."""
+    console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
+    return typer.Exit(code=2)
+
+
 @contextmanager
 def _removed_on_failure(out: Path, *, keep_results: bool = False) -> Iterator[None]:
     """Remove ``out`` if this command created it and then failed (an error, not Ctrl-C), so that a failed start
@@ -211,8 +217,7 @@ def attack(
         with _progress() as factory, _removed_on_failure(out):
             record = run(config, out, overwrite=overwrite, progress=factory)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
-        raise typer.Exit(code=2) from err
+        raise _fail(err) from err
     _print_summary(record, out)
 
 
@@ -258,8 +263,7 @@ def demo(
         with _progress() as factory:
             record = run(config, out, overwrite=overwrite, progress=factory)
     except FileExistsError as err:
-        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
-        raise typer.Exit(code=2) from err
+        raise _fail(err) from err
     _print_summary(record, out)
 
 
@@ -275,8 +279,7 @@ def flower_demo(
     try:
         from gradinv import flower
     except ImportError as err:
-        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
-        raise typer.Exit(code=2) from err
+        raise _fail(err) from err
     try:
         verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
         records = flower.demo(
@@ -288,8 +291,7 @@ def flower_demo(
             quiet=not verbose,
         )
     except (ValueError, TypeError, FileExistsError) as err:
-        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
-        raise typer.Exit(code=2) from err
+        raise _fail(err) from err
     table = Table(title="what the Flower server recovered (PSNR, dB)")
     table.add_column("round")
     table.add_column("update")
@@ -372,8 +374,7 @@ def audit_command(
         with _progress() as factory, _removed_on_failure(out):
             record = audit(config, out, overwrite=overwrite, progress=factory)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
-        raise typer.Exit(code=2) from err
+        raise _fail(err) from err
     _print_summary(record, out)
     verdict = record["audit"]["verdict"]
     console.print(f"[bold]verdict:[/bold] {escape(verdict['summary'])}", soft_wrap=True)
@@ -398,8 +399,7 @@ def evaluate_grid(
     try:
         grid = load_grid(grid_file)
     except (GridError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
-        raise typer.Exit(code=2) from err
+        raise _fail(err) from err
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     try:
         with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
@@ -422,14 +422,13 @@ def evaluate_grid(
                 )
             report = write_grid_report(grid, out)
     except (ValueError, FileExistsError, ImportError) as err:
-        console.print(f"[red]error:[/red] {escape(_cli_spelling(str(err)))}", soft_wrap=True)
-        raise typer.Exit(code=2) from err
+        raise _fail(err) from err
     _print_results(out)
     console.print(f"report: [bold]{report}[/bold]")
 
 
 def _print_results(folder: Path) -> None:
-    """The grid's table, readable at 80 columns: a column with one value in every row goes into the title, numbers
+    """The grid's table, readable at 80 columns: a column with one value in every row goes into the caption, numbers
     are rounded for the eye (``--format csv`` keeps every digit), and labels wrap instead of being cut."""
     from gradinv.evaluate.results import load_table
 
@@ -444,7 +443,8 @@ def _print_results(folder: Path) -> None:
         "accuracy": ("acc.", lambda v: f"{v:.3f}"),
         "cost_seconds": ("cost s", lambda v: f"{v:.3g}"),
     }
-    constant = {c for c in ("threat_label", "batch_size", "attack", "defense_label") if len({r[c] for r in rows}) == 1}
+    labels = ("threat_label", "batch_size", "attack", "defense_label")  # text columns, left-aligned
+    constant = {c for c in labels if len({r[c] for r in rows}) == 1}
     same = ", ".join(f"{columns[c][0]} {rows[0][c]}" for c in columns if c in constant) if rows else ""
     table = Table(
         title=f"gradinv grid results: {folder}",
@@ -460,8 +460,7 @@ def _print_results(folder: Path) -> None:
     cells = [["" if row[c] is None else columns[c][1](row[c]) for c in shown] for row in rows]
     for i, c in enumerate(shown):
         longest = max([len(columns[c][0]), *(len(line[i]) for line in cells)])
-        text = c in ("threat_label", "batch_size", "attack", "defense_label")
-        table.add_column(columns[c][0], justify="left" if text else "right", min_width=longest, overflow="fold")
+        table.add_column(columns[c][0], justify="left" if c in labels else "right", min_width=longest, overflow="fold")
     for line in cells:
         table.add_row(*line)
     console.print(table)

@@ -15,7 +15,7 @@ from gradinv import attacks, data, defenses, metrics, models, report
 from gradinv.attacks.base import Callback
 from gradinv.fl.client import observe
 from gradinv.observation import ThreatModel
-from gradinv.validation import check_device
+from gradinv.validation import check_device, constructor_options
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +59,12 @@ def split_options(names: Sequence[str], options: dict[str, Any]) -> dict[str, di
 
     Keys may be ``attack.option`` to address one attack.
     """
-    import inspect
-
     per: dict[str, dict[str, Any]] = {n: {} for n in names}
     for key, value in options.items():
         target, _, option = key.rpartition(".")
-        takers = [
-            n
-            for n in names
-            if (not target or n == target) and option in inspect.signature(attacks.REGISTRY[n].__init__).parameters
-        ]
+        params = {n: constructor_options(attacks.REGISTRY[n]) for n in names if not target or n == target}
+        takers = [n for n, taken in params.items() if option in taken]
         if not takers:
-            params = {n: [p for p in inspect.signature(attacks.REGISTRY[n].__init__).parameters if p != "self"]
-                      for n in names if not target or n == target}  # fmt: skip
             valid = "; ".join(f"{n}: {', '.join(p)}" for n, p in params.items())
             raise ValueError(f"no chosen attack ({', '.join(names)}) takes the option {key!r}; valid options: {valid}")
         for n in takers:

@@ -264,9 +264,14 @@ def check_observation_fields(
                 raise ValueError(f"bn_stats[{name!r}] must be a (mean, var) pair of tensors")
 
 
+def constructor_options(cls: type) -> list[str]:
+    """The keyword options ``cls``'s constructor takes, in order."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]  # type: ignore[misc]
+
+
 def check_known_options(cls: type, options: dict[str, object]) -> None:
     """Options that ``cls``'s constructor does not take raise ``TypeError`` naming them and the valid ones."""
-    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]  # type: ignore[misc]
+    params = constructor_options(cls)
     unknown = sorted(set(options) - set(params))
     if unknown:
         label = f"{getattr(cls, 'kind', cls.__name__)} {getattr(cls, 'name', cls.__name__)!r}"

@@ -83,7 +83,7 @@ class Attack(ABC):
         chosen = check_device(device)
         self.check(observation)
         on = torch.device("cpu") if self.exact else chosen
-        work = observation if _device_of(observation) == on else observation.to(on)
+        work = observation if attacker_device(observation) == on else observation.to(on)
         start = time.perf_counter()
         result = self.run(work, callback)
         seconds = time.perf_counter() - start
@@ -165,15 +165,11 @@ class Attack(ABC):
         return int(size)
 
 
-def _device_of(observation: Observation) -> torch.device:
-    """Where the observation's model lives (the CPU for a model without parameters)."""
+def attacker_device(observation: Observation) -> torch.device:
+    """The device an attack computes on: where its (already moved) observation's model lives (the CPU for a model
+    without parameters)."""
     first = next(observation.model.parameters(), None)
     return torch.device("cpu") if first is None else first.device
-
-
-def attacker_device(observation: Observation) -> torch.device:
-    """The device an attack computes on: its (already moved) observation's."""
-    return _device_of(observation)
 
 
 def attacker_model(observation: Observation) -> torch.nn.Module:

@@ -8,7 +8,7 @@ import torch
 from torch.func import functional_call
 
 from gradinv.attacks import labels as label_recovery
-from gradinv.attacks.adaptive import defense_view, support_masks
+from gradinv.attacks.adaptive import View, defense_view
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
 from gradinv.attacks.objectives import (
     BatchNormInputs,
@@ -117,8 +117,7 @@ class InvertingGradients(Attack):
     def run(self, observation: Observation, callback: Callback | None) -> Result:
         model = attacker_model(observation)
         target = target_update(observation, model)
-        view = defense_view(observation, target) if self.adaptive else list
-        masks = support_masks(target) if self.adaptive else None
+        view: View = defense_view(observation, target) if self.adaptive else list
         threat, n = observation.threat, self.batch_size_of(observation)
         labels = observation.labels
         label_source = "threat model"
@@ -145,7 +144,7 @@ class InvertingGradients(Attack):
         def trial_losses() -> torch.Tensor:
             """The objective of every restart, ``(R,)``, differentiable w.r.t. ``variables``."""
             if vectorised:
-                return trials_objective(model, variables[0], labels, target, self.tv, masks)
+                return trials_objective(model, variables[0], labels, target, self.tv, view)
             losses = []
             for x in variables:
                 recorder = None if bn_target is None else BatchNormInputs(model)
@@ -185,10 +184,13 @@ class InvertingGradients(Attack):
             history.append(values)
             if callback is not None:
                 callback(step + 1, self.steps, min(values))
-        final = [float(v) for v in trial_losses().detach()]  # the last iterate, after the last step
-        for r, (value, x) in enumerate(zip(final, trials(), strict=True)):
-            if self.keep == "last" or value < best_loss[r]:
-                best_loss[r], best_x[r] = value, x.detach().clone()
+        if self.keep == "last":
+            best_x = [x.detach().clone() for x in trials()]
+        else:  # the last iterate, after the last step, competes too
+            final = [float(v) for v in trial_losses().detach()]
+            for r, (value, x) in enumerate(zip(final, trials(), strict=True)):
+                if value < best_loss[r]:
+                    best_loss[r], best_x[r] = value, x.detach().clone()
         scores = [
             float(cosine_distance(view(compute_update(model, x, labels, threat)), target).detach()) for x in best_x
         ]
@@ -233,16 +235,16 @@ def trials_objective(
     labels: torch.Tensor,
     target: list[torch.Tensor],
     tv: float,
-    masks: list[torch.Tensor] | None = None,
+    view: View = list,
 ) -> torch.Tensor:
     """Inverting Gradients' objective (Eq. 4) for ``R`` independent trials at once, ``(R,)``.
 
     ``trials`` is ``(R, n, C, H, W)``: each trial its own batch of ``n`` dummy inputs. Each trial's gradient of the mean
     loss w.r.t. the weights is taken by ``torch.func.grad`` inside ``torch.func.vmap`` over the trials (so trial ``r``'s
     gradient sums over its own ``n`` inputs only), then compared with ``target`` in cosine distance, plus ``tv`` times
-    its total variation; ``masks`` (the adaptive view under a sparsifying defense) keep only the entries the
-    defense let through. Equal to evaluating the trials one after another (to float rounding); differentiable w.r.t.
-    ``trials``."""
+    its total variation; ``view`` maps each trial gradient to what is compared (the adaptive view under a
+    sparsifying defense keeps only the entries the defense let through). Equal to evaluating the trials one after
+    another (to float rounding); differentiable w.r.t. ``trials``."""
     names = [name for name, _ in model.named_parameters()]
     params = {name: p.detach() for name, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
@@ -252,9 +254,6 @@ def trials_objective(
             return cross_entropy(functional_call(model, (weights, buffers), (x,)), labels)
 
         gradient = torch.func.grad(loss)(params)
-        trial = [gradient[name] for name in names]
-        if masks is not None:
-            trial = [g * m for g, m in zip(trial, masks, strict=True)]
-        return cosine_distance(trial, target) + tv * total_variation(x)
+        return cosine_distance(view([gradient[name] for name in names]), target) + tv * total_variation(x)
 
     return torch.func.vmap(one)(trials)
