@@ -115,3 +115,65 @@ def test_rank_report_on_the_paper_models() -> None:
     assert all(r.sufficient for r in lenet)
     with pytest.raises(ValueError, match="BatchNorm2d"):
         gi.analysis.rank_report(gi.models.make("resnet20", image_shape=(3, 16, 16), seed=0), (3, 16, 16))
+
+
+def _stacked_system(
+    conv: nn.Conv2d, shape: tuple[int, int, int], g: torch.Tensor, z: torch.Tensor, weight_grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """R-GAP's stacked system built independently of the solvers: the Jacobians of ``x -> dL/dW`` (the weight
+    gradient of the convolution for ``g``) and ``x -> conv(x)`` at the known units, each block scaled to unit
+    Frobenius norm."""
+    weight = conv.weight.detach().double()
+    args = {"stride": conv.stride, "padding": conv.padding}
+
+    def gradient_rows(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.grad.conv2d_weight(x[None], weight.shape, g[None], **args).reshape(-1)  # type: ignore[arg-type]
+
+    def forward_rows(x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(x[None], weight, **args)[0][~torch.isnan(z)]  # type: ignore[arg-type]
+
+    x0 = torch.zeros(shape, dtype=torch.float64)
+    blocks, sides = [], []
+    for rows, side in ((gradient_rows, weight_grad.reshape(-1)), (forward_rows, z[~torch.isnan(z)])):
+        jac = torch.autograd.functional.jacobian(rows, x0).reshape(-1, x0.numel())
+        blocks.append(jac / jac.norm())
+        sides.append(side / jac.norm())
+    return torch.cat(blocks), torch.cat(sides)
+
+
+@pytest.mark.parametrize(
+    "layer, shape, solver",
+    [
+        (nn.Conv2d(12, 36, 3, padding=1, bias=False), (12, 5, 5), "cg"),  # the gradient rows alone have full rank
+        # strided: the pixels only the kernel's centre meets get 24 gradient rows for 25 unknowns per channel
+        (nn.Conv2d(3, 24, 3, stride=2, padding=1, bias=False), (3, 9, 9), "cholesky"),
+        (nn.Conv2d(3, 2, 4, stride=2, padding=2, bias=False), (3, 8, 8), "eigh"),  # too few rows: rank-deficient
+    ],
+)
+def test_each_solver_gives_the_least_squares_solution_of_the_stacked_system(
+    layer: nn.Conv2d, shape: tuple[int, int, int], solver: str
+) -> None:
+    # Prepare: an inconsistent system (a ReLU's unknown units, noisy targets), as a defended or float32 update gives
+    from gradinv.attacks.rgap import conv_equations, solve_conv
+
+    gen = torch.Generator().manual_seed(0)
+    layer = layer.double().requires_grad_(False)
+    torch.nn.init.normal_(layer.weight, generator=gen)
+    x_true = torch.rand(shape, dtype=torch.float64, generator=gen)
+    out = nn.functional.conv2d(x_true[None], layer.weight, stride=layer.stride, padding=layer.padding)[0]
+    g = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    z = torch.where(torch.rand(out.shape, generator=gen) < 0.3, torch.nan, out)
+    z = z + 0.05 * torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    weight_grad = torch.nn.grad.conv2d_weight(x_true[None], layer.weight.shape, g[None], layer.stride, layer.padding)
+    weight_grad = weight_grad + 0.05 * weight_grad.std() * torch.randn(weight_grad.shape, dtype=torch.float64, generator=gen)
+    matrix, side = _stacked_system(layer, shape, g, z, weight_grad)
+    # Execute
+    # (25 CG steps here; 40 allowed: a CG whose directions are not conjugate falls back to the dense solve)
+    x, rank, used = solve_conv(conv_equations(layer, shape, g, z, weight_grad), 1e-7, max_iter=40)
+    # Assert: the solver expected for this structure, and the (minimum-norm) least-squares solution of the system
+    expected = torch.linalg.pinv(matrix, rtol=1e-7) @ side
+    assert used == solver and rank == torch.linalg.matrix_rank(matrix, rtol=1e-7)
+    assert (rank == x_true.numel()) == (solver != "eigh")
+    assert torch.allclose(torch.from_numpy(x), expected, rtol=0, atol=1e-8 * float(expected.abs().max()))
+    # the noise matters: the answer is not the truth, so reaching the least-squares point is what is checked
+    assert float((expected - x_true.reshape(-1)).abs().max()) > 1e-3
