@@ -92,10 +92,8 @@ def rgap_models(repeats: int = 5) -> None:
         psnr = gi.metrics.score(rec, images, labels)["psnr"]
         median = statistics.median(r.seconds for r in runs[1:])
         solvers = ",".join(r["solver"] for r in rec.info["ranks"] if r["kind"] == "Conv2d")
-        print(
-            f"{label:<14}{psnr:>8.1f}{str(rec.info['rank_sufficient']):>10}{rec.seconds:>9.2f}{median:>10.2f}  {solvers}",
-            flush=True,
-        )
+        verdict = str(rec.info["rank_sufficient"])
+        print(f"{label:<14}{psnr:>8.1f}{verdict:>10}{rec.seconds:>9.2f}{median:>10.2f}  {solvers}", flush=True)
 
 
 def main() -> None:

@@ -165,7 +165,8 @@ def test_each_solver_gives_the_least_squares_solution_of_the_stacked_system(
     z = torch.where(torch.rand(out.shape, generator=gen) < 0.3, torch.nan, out)
     z = z + 0.05 * torch.randn(out.shape, dtype=torch.float64, generator=gen)
     weight_grad = torch.nn.grad.conv2d_weight(x_true[None], layer.weight.shape, g[None], layer.stride, layer.padding)
-    weight_grad = weight_grad + 0.05 * weight_grad.std() * torch.randn(weight_grad.shape, dtype=torch.float64, generator=gen)
+    noise = torch.randn(weight_grad.shape, dtype=torch.float64, generator=gen)
+    weight_grad = weight_grad + 0.05 * weight_grad.std() * noise
     matrix, side = _stacked_system(layer, shape, g, z, weight_grad)
     # Execute
     # (25 CG steps here; 40 allowed: a CG whose directions are not conjugate falls back to the dense solve)
