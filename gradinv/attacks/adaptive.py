@@ -8,9 +8,13 @@ through and zero elsewhere: the adaptive attacker matches its trial gradient *on
 shared update says nothing about the gradient there), instead of asking the trial gradient to be zero where the
 defense cut it, which is what an attacker ignoring the defense does.
 
-The other defenses' adaptive counterparts (the noise-aware objective for noise and DP-SGD, Soteria's defended layer
-left out, dropout masks optimised too) are not built yet: asking for them raises ``ValueError`` rather than silently
-running the plain attack.
+Soteria (Sun et al., CVPR 2021) is a sparsifier of one layer: it zeroes the classifier's weight-gradient columns of
+the features it judges sensitive and leaves every other entry exact. Balunovic et al. break it by leaving
+the defended layer out of the match; the same support view does that for the zeroed columns and keeps the columns
+Soteria let through, which are exact and say more.
+
+The other defenses' adaptive counterparts (the noise-aware objective for noise and DP-SGD, dropout masks optimised
+too) are not built yet: asking for them raises ``ValueError`` rather than silently running the plain attack.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 from gradinv.observation import Observation
 
-SPARSIFIERS = frozenset({"prune", "topk"})
+SPARSIFIERS = frozenset({"prune", "topk", "soteria"})
 """Defenses that zero entries of the update and leave the rest exact: the adaptive view keeps only what survived."""
 
 View = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]

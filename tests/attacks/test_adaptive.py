@@ -73,3 +73,21 @@ def test_vectorised_restarts_see_the_same_adaptive_view(pruned) -> None:
     ]
     assert runs[0].info["vectorised_restarts"] and not runs[1].info["vectorised_restarts"]
     assert torch.allclose(runs[0].images, runs[1].images, atol=1e-4)
+
+
+def test_adaptive_attack_breaks_soteria() -> None:
+    # Prepare: Soteria at the paper's 80% on DLG's LeNet (16x16 cat): the classifier's weight-gradient columns of the
+    # least sensitive features are zeroed, every other entry is exact
+    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
+    images, labels = gi.data.load("skimage", indices=[1], size=16)
+    obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("soteria", pruning_rate=80.0)])
+    # Execute
+    psnr = {
+        a: gi.metrics.score(
+            gi.attacks.make("inverting_gradients", steps=1000, adaptive=a).reconstruct(obs), images, labels
+        )["psnr"]
+        for a in (False, True)
+    }
+    # Assert: the defense holds against the attack that ignores it and falls to the one that does not (measured 7.0
+    # against 31.7 dB; adaptive iDLG reaches 63.6 dB)
+    assert psnr[False] < 12 and psnr[True] > psnr[False] + 15, psnr
