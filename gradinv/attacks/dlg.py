@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import torch
 
-from gradinv.attacks.adaptive import defense_view
+from gradinv.attacks.adaptive import defense_view, noise_prior
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
-from gradinv.attacks.objectives import euclidean_distance
+from gradinv.attacks.objectives import euclidean_distance, total_variation
 from gradinv.fl.client import compute_update, denormalize
 from gradinv.observation import Observation
 from gradinv.validation import check_arguments, check_positive_int, check_seed
@@ -35,9 +35,9 @@ class DLG(Attack):
         restarts: independent random starts; the one with the smallest gradient distance wins.
         seed: seeds the dummy initialisation.
         batch_size: the batch size to assume when the threat model withholds it.
-        adaptive: account for the client's recorded defense (:mod:`gradinv.attacks.adaptive`: under pruning or
-            top-k, match only the entries the defense let through); a defense without an adaptive counterpart
-            raises ``ValueError``.
+        adaptive: account for the client's recorded defense (:mod:`gradinv.attacks.adaptive`: under pruning,
+            top-k or Soteria, match only the entries the defense let through; under Gaussian noise, add the
+            noise-aware TV prior of the posterior); a defense without an adaptive counterpart raises ``ValueError``.
     """
 
     name = "dlg"
@@ -82,6 +82,7 @@ class DLG(Attack):
         target = target_update(observation, model)
         view = defense_view(observation, target) if self.adaptive else list
         threat, n = observation.threat, self.batch_size_of(observation)
+        prior = noise_prior(observation, n * math.prod(observation.image_shape)) if self.adaptive else 0.0
         fixed, label_source = self.fixed_labels(observation, n)
         device = attacker_device(observation)
         fixed = None if fixed is None else fixed.to(device)
@@ -99,6 +100,8 @@ class DLG(Attack):
                 labels = fixed if fixed is not None else torch.softmax(y, dim=-1)
                 trial = view(compute_update(model, x, labels, threat, create_graph=True))
                 distance = euclidean_distance(trial, target)
+                if prior:  # the noise-aware posterior (adaptive.py): the prior's weight grows with the noise
+                    distance = distance + prior * total_variation(x)
                 return distance * scale
 
             candidate = self._minimise(objective, x, y, fixed is None, trace, callback)
@@ -110,6 +113,8 @@ class DLG(Attack):
         labels = fixed if fixed is not None else y_best.argmax(dim=-1)
         images = denormalize(x_best, threat.normalization)
         info = {"gradient_distance": loss, "label_source": label_source, "adaptive": self.adaptive}
+        if prior:
+            info["noise_prior"] = prior
         return Result(images, labels, trace, info=info)
 
     def _minimise(

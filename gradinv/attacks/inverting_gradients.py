@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.func import functional_call
 
 from gradinv.attacks import labels as label_recovery
-from gradinv.attacks.adaptive import View, defense_view
+from gradinv.attacks.adaptive import View, defense_view, noise_prior
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
 from gradinv.attacks.objectives import (
     BatchNormInputs,
     batchnorm_matching,
     cosine_distance,
+    euclidean_distance,
     running_statistics,
     total_variation,
 )
@@ -60,9 +63,10 @@ class InvertingGradients(Attack):
         bn_prior: ``"running"`` or ``"none"``: what the prior matches when the batch's statistics are withheld.
         batched: run the restarts as one vectorised computation (:func:`trials_objective`) where the setting allows
             it (:func:`vectorisable`); the same math as one restart after another.
-        adaptive: account for the client's recorded defense (:mod:`gradinv.attacks.adaptive`: under pruning or
-            top-k, match only the entries the defense let through); a defense without an adaptive counterpart
-            raises ``ValueError``.
+        adaptive: account for the client's recorded defense (:mod:`gradinv.attacks.adaptive`: under pruning,
+            top-k or Soteria, match only the entries the defense let through; under Gaussian noise, the noise-aware
+            posterior: the likelihood's squared L2 distance instead of the cosine, and a TV weight that grows with the
+            noise variance instead of ``tv``); a defense without an adaptive counterpart raises ``ValueError``.
         keep: ``"last"`` (the paper's script returns each restart's final iterate) or ``"best"`` (breaching keeps
             each restart's iterate of lowest objective). On trained networks, where the objective plateaus early,
             the two differ: the best-by-objective iterate of a digit came from step 113 of 500 with less structure
@@ -119,6 +123,9 @@ class InvertingGradients(Attack):
         target = target_update(observation, model)
         view: View = defense_view(observation, target) if self.adaptive else list
         threat, n = observation.threat, self.batch_size_of(observation)
+        prior = noise_prior(observation, n * math.prod(observation.image_shape)) if self.adaptive else 0.0
+        # under Gaussian noise the adaptive objective is the posterior: the likelihood's L2 and the noise-scaled prior
+        distance, tv = (euclidean_distance, prior) if prior else (cosine_distance, self.tv)
         labels = observation.labels
         label_source = "threat model"
         if labels is None:
@@ -144,13 +151,13 @@ class InvertingGradients(Attack):
         def trial_losses() -> torch.Tensor:
             """The objective of every restart, ``(R,)``, differentiable w.r.t. ``variables``."""
             if vectorised:
-                return trials_objective(model, variables[0], labels, target, self.tv, view)
+                return trials_objective(model, variables[0], labels, target, tv, view, distance)
             losses = []
             for x in variables:
                 recorder = None if bn_target is None else BatchNormInputs(model)
                 with recorder or contextlib.nullcontext():
                     update = view(compute_update(model, x, labels, threat, create_graph=True))
-                loss = cosine_distance(update, target) + self.tv * total_variation(x)
+                loss = distance(update, target) + tv * total_variation(x)
                 if recorder is not None and bn_target is not None:
                     loss = loss + self.bn_reg * batchnorm_matching(recorder.stats, bn_target)
                 losses.append(loss)
@@ -191,9 +198,7 @@ class InvertingGradients(Attack):
             for r, (value, x) in enumerate(zip(final, trials(), strict=True)):
                 if value < best_loss[r]:
                     best_loss[r], best_x[r] = value, x.detach().clone()
-        scores = [
-            float(cosine_distance(view(compute_update(model, x, labels, threat)), target).detach()) for x in best_x
-        ]
+        scores = [float(distance(view(compute_update(model, x, labels, threat)), target).detach()) for x in best_x]
         chosen = min(range(self.restarts), key=lambda r: scores[r])  # restarts ranked by gradient loss (the paper)
         images = denormalize(best_x[chosen], threat.normalization)
         info = {
@@ -202,6 +207,8 @@ class InvertingGradients(Attack):
             "vectorised_restarts": vectorised,
             "adaptive": self.adaptive,
         }
+        if prior:
+            info["noise_prior"] = prior
         if bn_target is not None:
             info["bn_target"] = "client batch" if observation.bn_stats is not None else "running statistics"
         return Result(images, labels, [h[chosen] for h in history], info=info)
@@ -236,15 +243,16 @@ def trials_objective(
     target: list[torch.Tensor],
     tv: float,
     view: View = list,
+    distance: Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], torch.Tensor] = cosine_distance,
 ) -> torch.Tensor:
     """Inverting Gradients' objective (Eq. 4) for ``R`` independent trials at once, ``(R,)``.
 
     ``trials`` is ``(R, n, C, H, W)``: each trial its own batch of ``n`` dummy inputs. Each trial's gradient of the mean
     loss w.r.t. the weights is taken by ``torch.func.grad`` inside ``torch.func.vmap`` over the trials (so trial ``r``'s
-    gradient sums over its own ``n`` inputs only), then compared with ``target`` in cosine distance, plus ``tv`` times
-    its total variation; ``view`` maps each trial gradient to what is compared (the adaptive view under a
-    sparsifying defense keeps only the entries the defense let through). Equal to evaluating the trials one after
-    another (to float rounding); differentiable w.r.t. ``trials``."""
+    gradient sums over its own ``n`` inputs only), then compared with ``target`` by ``distance`` (the cosine; the
+    adaptive attack's L2 under noise), plus ``tv`` times its total variation; ``view`` maps each trial gradient to what
+    is compared (the adaptive view under a sparsifying defense keeps only the entries the defense let through). Equal
+    to evaluating the trials one after another (to float rounding); differentiable w.r.t. ``trials``."""
     names = [name for name, _ in model.named_parameters()]
     params = {name: p.detach() for name, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
@@ -254,6 +262,6 @@ def trials_objective(
             return cross_entropy(functional_call(model, (weights, buffers), (x,)), labels)
 
         gradient = torch.func.grad(loss)(params)
-        return cosine_distance(view([gradient[name] for name in names]), target) + tv * total_variation(x)
+        return distance(view([gradient[name] for name in names]), target) + tv * total_variation(x)
 
     return torch.func.vmap(one)(trials)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from gradinv import attacks, data, defenses, models
-from gradinv.attacks.adaptive import SPARSIFIERS
+from gradinv.attacks.adaptive import ADAPTABLE
 from gradinv.attacks.base import Attack
 from gradinv.data import NORMALIZATIONS
 from gradinv.defenses.mixup import MixUp
@@ -489,11 +489,14 @@ def load_grid(path: str | Path) -> Grid:
         if options.get("adaptive") and a not in adapted:
             raise GridError(
                 f"{reader.path}:{_line(reader.lines, 'attacks', a, None)}: [attacks] {shown!r} is adaptive, but no "
-                f"defense of the grid has an adaptive counterpart (those exist for {sorted(SPARSIFIERS)})"
+                f"defense of the grid has an adaptive counterpart (those exist for {sorted(ADAPTABLE)})"
             )
     return grid
 
 
 def adaptable(chain: list[tuple[str, dict[str, Any]]]) -> bool:
     """Whether an adaptive attack can account for every defense of ``chain`` (and there is one)."""
-    return bool(chain) and all(name in SPARSIFIERS for name, _ in chain)
+    return bool(chain) and all(
+        name in ADAPTABLE and (name != "noise" or options.get("distribution", "gaussian") == "gaussian")
+        for name, options in chain
+    )

@@ -161,16 +161,23 @@ sweep = { ratio = [0.5, 0.9] }
 [[defenses]]
 name = "noise"
 std = 0.01
+
+[[defenses]]
+name = "noise"
+label = "laplacian"
+std = 0.01
+distribution = "laplacian"
+
+[[defenses]]
+name = "quantize"
+bits = 8
 """
     grid = load_grid(_grid(tmp_path, BASE + defenses))
     pairs = {(attack_label(c.config), c.config["defense_label"]) for c in grid.cells}
-    assert {d for a, d in pairs if a == "ig adaptive"} == {"prune(ratio=0.5)", "prune(ratio=0.9)"}
-    assert {d for a, d in pairs if a == "bias_trick"} == {
-        "none",
-        "prune(ratio=0.5)",
-        "prune(ratio=0.9)",
-        "noise(std=0.01)",
-    }
-    only_noise = BASE + defenses.split("[[defenses]]")[0] + '[[defenses]]\nname = "noise"\nstd = 0.01\n'
+    # Gaussian noise has its noise-aware counterpart; Laplacian noise and quantisation have none yet
+    adapted = {d for a, d in pairs if a == "ig adaptive"}
+    assert adapted == {"prune(ratio=0.5)", "prune(ratio=0.9)", "noise(std=0.01)"}
+    assert {d for a, d in pairs if a == "bias_trick"} == adapted | {"none", "laplacian", "quantize(bits=8)"}
+    only_quantize = BASE + defenses.split("[[defenses]]")[0] + '[[defenses]]\nname = "quantize"\nbits = 8\n'
     with pytest.raises(GridError, match="'ig adaptive' is adaptive, but no defense of the grid has an adaptive"):
-        load_grid(_grid(tmp_path, only_noise))
+        load_grid(_grid(tmp_path, only_quantize))
