@@ -1,12 +1,13 @@
 """Defenses against attacks that ignore them and attacks that know them (gradinv/attacks/adaptive.py).
 
-    python benchmarks/adaptive.py [--size 32] [--image 1] [--defenses prune topk soteria noise noise-1e-2]
+    python benchmarks/adaptive.py [--size 32] [--image 1] [--defenses prune topk soteria noise ...]
 
 The comparison of issue 18: on DLG's LeNet (sigmoid, 32x32 by default) and a real photograph (scikit-image's cat,
 index 1), each defense at the setting its paper or the issue names (pruning 0.9, top-k 0.01, Soteria 80%, Gaussian
-noise std 1e-3, and 1e-2), each attack run twice from the same seed: plain (``adaptive=False``) and adaptive
-(``adaptive=True``: matched only on the entries the defense let through; under noise, the noise-aware posterior).
-The baseline is the same attack on the undefended update, measured in the same run. A defense without an adaptive
+noise std 1e-3 and 1e-2, DP-SGD clipping at 1 without and with noise multiplier 1e-3), each attack run twice from
+the same seed: plain (``adaptive=False``) and adaptive (``adaptive=True``: matched only on the entries the defense
+let through; under noise, the noise-aware posterior; under DP-SGD, the trial clipped as the client's was). The
+baseline is the same attack on the undefended update, measured in the same run. A defense without an adaptive
 counterpart prints ``n/a`` (the attack refuses ``adaptive=True`` there rather than run the plain one under the
 adaptive name).
 
@@ -27,6 +28,8 @@ DEFENSES = {
     "soteria": ("soteria", {"pruning_rate": 80.0}),
     "noise": ("noise", {"std": 1e-3}),
     "noise-1e-2": ("noise", {"std": 1e-2}),
+    "dpsgd-clip": ("dpsgd", {"noise_multiplier": 0.0, "max_grad_norm": 1.0}),
+    "dpsgd": ("dpsgd", {"noise_multiplier": 1e-3, "max_grad_norm": 1.0}),
 }
 ATTACKS = {
     "idlg": {"steps": 100, "line_search": "strong_wolfe"},

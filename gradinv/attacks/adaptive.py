@@ -19,24 +19,34 @@ posterior ``log p(g | x) + log p(x)``: with ``log p(g | x) = -||g(x) - g||^2 / (
 (DLG's own) with a TV prior whose weight grows with the noise variance (:func:`noise_prior`). The attack that ignores
 the noise is the same with ``lambda = 0``; Inverting Gradients' cosine distance is replaced by the likelihood's L2.
 
-The other defenses' adaptive counterparts (Laplacian noise's L1 likelihood, DP-SGD's clipping applied to the trial,
-dropout masks optimised too) are not built yet: asking for them raises ``ValueError`` rather than silently running
-the plain attack.
+DP-SGD (Abadi et al., CCS 2016, Alg. 1): the shared gradient is ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2)) / B``. The
+adaptive attacker computes its trial update through the same operator (:func:`clipped_update`: per-sample gradients,
+each scaled to norm at most ``C``, averaged) and matches it with the posterior above at the noise's std
+``sigma C / B`` (the server sets the clipping bound and the noise multiplier, so it knows them). Built for a shared
+gradient; a FedAvg update of several DP-SGD steps is refused.
+
+Laplacian noise: the likelihood is ``exp(-||g(x) - g||_1 / b)`` (``b = sigma / sqrt 2``), so the distance is L1 and
+the prior's weight ``b lambda`` (the same Bayesian derivation).
+
+The other defenses' adaptive counterparts (dropout masks optimised too, quantisation and sign) are not built yet:
+asking for them raises ``ValueError`` rather than silently running the plain attack.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 
-from gradinv.observation import Observation
+from gradinv.observation import Observation, ThreatModel
+from gradinv.update import compute_update
 
 SPARSIFIERS = frozenset({"prune", "topk", "soteria"})
 """Defenses that zero entries of the update and leave the rest exact: the adaptive view keeps only what survived."""
 
-NOISE = frozenset({"noise"})
-"""Defenses that add noise to the update: the adaptive objective is the noise-aware posterior (Gaussian noise only)."""
+NOISE = frozenset({"noise", "dpsgd"})
+"""Defenses that add noise to the update: the adaptive objective is the noise-aware posterior (Gaussian noise)."""
 
 ADAPTABLE = SPARSIFIERS | NOISE
 """Every defense with an adaptive counterpart."""
@@ -74,6 +84,7 @@ def defense_view(observation: Observation, target: Sequence[torch.Tensor]) -> Vi
             f"{sorted(ADAPTABLE)} (run with adaptive=False for the attack that ignores the defense)"
         )
     noise_prior(observation, 1)  # refuses a noise it has no likelihood for
+    trial_update(observation)
     masks = support_masks(target)
 
     def view(trial: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -82,22 +93,84 @@ def defense_view(observation: Observation, target: Sequence[torch.Tensor]) -> Vi
     return view
 
 
-def noise_prior(observation: Observation, entries: int) -> float:
-    """The weight of the mean total variation in the noise-aware objective (module docstring), ``2 sigma^2 lambda``
-    times ``entries`` (the trial batch's number of input entries), in the update's units; 0 when no noise is
-    recorded. Noise added twice adds its variances.
+def noise_prior(observation: Observation, batch_size: int) -> float:
+    """The weight of the mean total variation in the noise-aware objective (module docstring), in the update's units,
+    for a trial batch of ``batch_size`` inputs; 0 when no noise is recorded. Gaussian noise: ``2 sigma^2 lambda``
+    times the batch's number of input entries (noises added one after another add their variances; DP-SGD's is
+    ``(noise_multiplier * max_grad_norm / B)^2``). Laplacian noise of std ``sigma`` (scale ``b = sigma / sqrt 2``):
+    the likelihood is ``exp(-||g(x) - g||_1 / b)``, so the objective is the L1 distance plus ``b lambda`` times the
+    entries (:func:`likelihood`).
 
     Raises:
-        ValueError: noise other than Gaussian (its likelihood is not built yet).
+        ValueError: Laplacian noise beside other noise (their sum has no closed-form likelihood), or DP-SGD over
+            FedAvg steps.
     """
-    variance = 0.0
+    variance, laplace = 0.0, []
     for defense in observation.defenses:
-        if defense.get("name") not in NOISE:
-            continue
-        if defense.get("distribution", "gaussian") != "gaussian":
+        name = defense.get("name")
+        if name == "dpsgd":
+            if observation.threat.update != "gradient":
+                raise ValueError(
+                    "no adaptive counterpart yet for DP-SGD over FedAvg steps (built for a shared gradient; run "
+                    "with adaptive=False)"
+                )
+            std = float(defense["noise_multiplier"]) * float(defense["max_grad_norm"]) / batch_size
+            variance += std**2
+        elif name == "noise" and defense.get("distribution", "gaussian") == "laplacian":
+            laplace.append(float(defense["std"]))
+        elif name == "noise":
+            variance += float(defense["std"]) ** 2
+    entries = batch_size * math.prod(observation.image_shape)
+    if laplace:
+        if len(laplace) > 1 or variance > 0:
             raise ValueError(
-                f"no adaptive counterpart yet for {defense.get('distribution')} noise (the noise-aware objective "
-                "is built for Gaussian noise; run with adaptive=False)"
+                "no adaptive counterpart for Laplacian noise beside other noise (their sum has no closed-form "
+                "likelihood); run with adaptive=False"
             )
-        variance += float(defense["std"]) ** 2
+        return laplace[0] / math.sqrt(2) * TV_PRIOR * entries
     return 2 * variance * TV_PRIOR * entries
+
+
+def likelihood(observation: Observation) -> str:
+    """The noise likelihood of the adaptive objective: ``"laplacian"`` (L1 distance) where Laplacian noise is
+    recorded, else ``"gaussian"`` (squared L2)."""
+    laplacian = any(
+        d.get("name") == "noise" and d.get("distribution", "gaussian") == "laplacian" for d in observation.defenses
+    )
+    return "laplacian" if laplacian else "gaussian"
+
+
+UpdateFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, ThreatModel], list[torch.Tensor]]
+"""Computes a trial's update, differentiably: ``(model, inputs, labels, threat) -> update``."""
+
+
+def clipped_update(
+    model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, max_grad_norm: float
+) -> list[torch.Tensor]:
+    """DP-SGD's update without its noise, differentiable w.r.t. ``inputs``: each sample's gradient scaled to norm at
+    most ``max_grad_norm``, then averaged (Abadi et al., Alg. 1; what Opacus computes before adding noise)."""
+    total: list[torch.Tensor] | None = None
+    for i in range(inputs.shape[0]):
+        grads = compute_update(model, inputs[i : i + 1], labels[i : i + 1], threat, create_graph=True)
+        norm = torch.sqrt(sum((g * g).sum() for g in grads))  # type: ignore[arg-type]
+        factor = torch.clamp(max_grad_norm / (norm + 1e-12), max=1.0)
+        scaled = [g * factor for g in grads]
+        total = scaled if total is None else [t + g for t, g in zip(total, scaled, strict=True)]
+    assert total is not None
+    return [t / inputs.shape[0] for t in total]
+
+
+def trial_update(observation: Observation) -> UpdateFn | None:
+    """How the adaptive attacker computes a trial's update when the client's defense changes the update itself
+    (DP-SGD's per-sample clipping); ``None``: the plain update."""
+    clips = [float(d["max_grad_norm"]) for d in observation.defenses if d.get("name") == "dpsgd"]
+    if not clips:
+        return None
+    if len(clips) > 1:
+        raise ValueError("no adaptive counterpart for DP-SGD applied twice")
+    bound = clips[0]
+
+    def update(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> list:
+        return clipped_update(model, inputs, labels, threat, bound)
+
+    return update

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import torch
 
-from gradinv.attacks.adaptive import defense_view, noise_prior
+from gradinv.attacks.adaptive import defense_view, likelihood, noise_prior, trial_update
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
-from gradinv.attacks.objectives import euclidean_distance, total_variation
+from gradinv.attacks.objectives import euclidean_distance, l1_distance, total_variation
 from gradinv.fl.client import compute_update, denormalize
 from gradinv.observation import Observation
 from gradinv.validation import check_arguments, check_positive_int, check_seed
@@ -82,7 +82,10 @@ class DLG(Attack):
         target = target_update(observation, model)
         view = defense_view(observation, target) if self.adaptive else list
         threat, n = observation.threat, self.batch_size_of(observation)
-        prior = noise_prior(observation, n * math.prod(observation.image_shape)) if self.adaptive else 0.0
+        prior = noise_prior(observation, n) if self.adaptive else 0.0
+        laplacian = self.adaptive and likelihood(observation) == "laplacian"
+        match = l1_distance if laplacian else euclidean_distance  # the noise's negative log-likelihood
+        clipped = trial_update(observation) if self.adaptive else None  # DP-SGD's clipping, as the client ran it
         fixed, label_source = self.fixed_labels(observation, n)
         device = attacker_device(observation)
         fixed = None if fixed is None else fixed.to(device)
@@ -90,6 +93,8 @@ class DLG(Attack):
         # A FedAvg update is about local_steps * local_lr times a gradient: match it on the gradient's scale, so that
         # L-BFGS's absolute tolerances stop it where they would on one gradient (a constant factor, same minimiser).
         scale = 1.0 if threat.update == "gradient" else 1.0 / (threat.local_steps * threat.local_lr) ** 2
+        if clipped is not None:  # a clipped update is far smaller than a gradient: match it on the unit scale instead
+            scale = 1.0 / max(float(sum((t.detach() ** 2).sum() for t in target)), 1e-30)
         best: tuple[float, torch.Tensor, torch.Tensor] | None = None
         trace: list[float] = []
         for _ in range(self.restarts):
@@ -98,8 +103,11 @@ class DLG(Attack):
 
             def objective(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
                 labels = fixed if fixed is not None else torch.softmax(y, dim=-1)
-                trial = view(compute_update(model, x, labels, threat, create_graph=True))
-                distance = euclidean_distance(trial, target)
+                if clipped is not None:
+                    trial = view(clipped(model, x, labels, threat))
+                else:
+                    trial = view(compute_update(model, x, labels, threat, create_graph=True))
+                distance = match(trial, target)
                 if prior:  # the noise-aware posterior (adaptive.py): the prior's weight grows with the noise
                     distance = distance + prior * total_variation(x)
                 return distance * scale

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch.func import functional_call
 
 from gradinv.attacks import labels as label_recovery
-from gradinv.attacks.adaptive import View, defense_view, noise_prior
+from gradinv.attacks.adaptive import View, defense_view, likelihood, noise_prior, trial_update
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
 from gradinv.attacks.objectives import (
     BatchNormInputs,
     batchnorm_matching,
     cosine_distance,
     euclidean_distance,
+    l1_distance,
     running_statistics,
     total_variation,
 )
@@ -123,9 +123,11 @@ class InvertingGradients(Attack):
         target = target_update(observation, model)
         view: View = defense_view(observation, target) if self.adaptive else list
         threat, n = observation.threat, self.batch_size_of(observation)
-        prior = noise_prior(observation, n * math.prod(observation.image_shape)) if self.adaptive else 0.0
+        prior = noise_prior(observation, n) if self.adaptive else 0.0
+        clipped = trial_update(observation) if self.adaptive else None  # DP-SGD's clipping, as the client ran it
         # under Gaussian noise the adaptive objective is the posterior: the likelihood's L2 and the noise-scaled prior
-        distance, tv = (euclidean_distance, prior) if prior else (cosine_distance, self.tv)
+        noise = l1_distance if likelihood(observation) == "laplacian" else euclidean_distance
+        distance, tv = (noise, prior) if prior else (cosine_distance, self.tv)
         labels = observation.labels
         label_source = "threat model"
         if labels is None:
@@ -142,7 +144,13 @@ class InvertingGradients(Attack):
         bn_target = self._bn_target(observation, model)
         generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same starts on every device
         starts = [torch.randn((n, *observation.image_shape), generator=generator) for _ in range(self.restarts)]
-        vectorised = self.batched and self.restarts > 1 and vectorisable(model, threat, bn_target)
+        vectorised = self.batched and self.restarts > 1 and clipped is None and vectorisable(model, threat, bn_target)
+
+        def update_of(x: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
+            if clipped is not None:
+                return clipped(model, x, labels, threat)
+            return compute_update(model, x, labels, threat, create_graph=create_graph)
+
         if vectorised:
             variables = [torch.stack(starts).to(device).requires_grad_(True)]  # (R, n, C, H, W): one leaf
         else:
@@ -156,7 +164,7 @@ class InvertingGradients(Attack):
             for x in variables:
                 recorder = None if bn_target is None else BatchNormInputs(model)
                 with recorder or contextlib.nullcontext():
-                    update = view(compute_update(model, x, labels, threat, create_graph=True))
+                    update = view(update_of(x, True))
                 loss = distance(update, target) + tv * total_variation(x)
                 if recorder is not None and bn_target is not None:
                     loss = loss + self.bn_reg * batchnorm_matching(recorder.stats, bn_target)
@@ -198,7 +206,7 @@ class InvertingGradients(Attack):
             for r, (value, x) in enumerate(zip(final, trials(), strict=True)):
                 if value < best_loss[r]:
                     best_loss[r], best_x[r] = value, x.detach().clone()
-        scores = [float(distance(view(compute_update(model, x, labels, threat)), target).detach()) for x in best_x]
+        scores = [float(distance(view(update_of(x, False)), target).detach()) for x in best_x]
         chosen = min(range(self.restarts), key=lambda r: scores[r])  # restarts ranked by gradient loss (the paper)
         images = denormalize(best_x[chosen], threat.normalization)
         info = {

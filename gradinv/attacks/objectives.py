@@ -12,6 +12,12 @@ def euclidean_distance(trial: Sequence[torch.Tensor], target: Sequence[torch.Ten
     return torch.stack([(a - b).pow(2).sum() for a, b in zip(trial, target, strict=True)]).sum()
 
 
+def l1_distance(trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_l ||g'_l - g_l||_1``: the negative log-likelihood of Laplacian noise on the update, up to its scale
+    (Balunovic et al., ICLR 2022)."""
+    return torch.stack([(a - b).abs().sum() for a, b in zip(trial, target, strict=True)]).sum()
+
+
 def cosine_distance(trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
     """Inverting Gradients' objective (Geiping et al. 2020, Eq. 4): ``1 - <g', g> / (||g'|| ||g||)``.
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gradinv as gi
-from gradinv.attacks.adaptive import TV_PRIOR, defense_view, noise_prior, support_masks
+from gradinv.attacks.adaptive import TV_PRIOR, clipped_update, defense_view, noise_prior, support_masks
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +63,9 @@ def test_adaptive_attacks_refuse_what_they_cannot_adapt_to() -> None:
     quantized = gi.observe(model, images, labels, defenses=[gi.defenses.make("quantize", bits=8)])
     with pytest.raises(ValueError, match=r"no adaptive counterpart yet for the defense\(s\) \['quantize'\]"):
         gi.attacks.make("inverting_gradients", steps=1, adaptive=True).reconstruct(quantized)
-    laplace = gi.observe(
-        model, images, labels, defenses=[gi.defenses.make("noise", std=1e-3, distribution="laplacian")]
-    )
-    with pytest.raises(ValueError, match="no adaptive counterpart yet for laplacian noise"):
-        gi.attacks.make("idlg", steps=1, adaptive=True).reconstruct(laplace)
+    mixed = [gi.defenses.make("noise", std=1e-3, distribution="laplacian"), gi.defenses.make("noise", std=1e-3)]
+    with pytest.raises(ValueError, match="Laplacian noise beside other noise"):
+        gi.attacks.make("idlg", steps=1, adaptive=True).reconstruct(gi.observe(model, images, labels, defenses=mixed))
 
 
 def test_vectorised_restarts_see_the_same_adaptive_view(pruned) -> None:
@@ -104,26 +102,66 @@ def test_the_noise_aware_prior_grows_with_the_noise_variance() -> None:
     twice = [gi.defenses.make("noise", std=3e-3), gi.defenses.make("noise", std=4e-3)]
     obs = gi.observe(model, images, labels, seed=0, defenses=twice)
     # 2 sigma^2 lambda per entry, the variances of both noises added: sigma^2 = 9e-6 + 16e-6
-    assert noise_prior(obs, 768) == pytest.approx(2 * 25e-6 * TV_PRIOR * 768)
-    assert noise_prior(gi.observe(model, images, labels), 768) == 0.0
+    assert noise_prior(obs, 1) == pytest.approx(2 * 25e-6 * TV_PRIOR * 768)
+    assert noise_prior(gi.observe(model, images, labels), 1) == 0.0
 
 
 @pytest.mark.parametrize(
-    "attack, options, gain",
+    "attack, options, distribution, gain",
     [
-        ("idlg", {"steps": 50, "line_search": "strong_wolfe"}, 5.0),  # measured 13.9 against 21.9 dB
-        ("inverting_gradients", {"steps": 1000}, 3.0),  # 16.2 against 22.2 dB
+        ("idlg", {"steps": 50, "line_search": "strong_wolfe"}, "gaussian", 5.0),  # measured 13.9 against 21.9 dB
+        ("inverting_gradients", {"steps": 1000}, "gaussian", 3.0),  # 16.2 against 22.2 dB
+        ("idlg", {"steps": 50, "line_search": "strong_wolfe"}, "laplacian", 5.0),  # L1 likelihood: 13.8 against 22.4
     ],
 )
-def test_adaptive_attacks_under_gaussian_noise_use_the_posterior(attack: str, options: dict, gain: float) -> None:
-    # Prepare: Gaussian noise of std 1e-2 on the 16x16 cat's gradient through DLG's LeNet
+def test_adaptive_attacks_under_noise_use_the_posterior(
+    attack: str, options: dict, distribution: str, gain: float
+) -> None:
+    # Prepare: noise of std 1e-2 on the 16x16 cat's gradient through DLG's LeNet
     model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
     images, labels = gi.data.load("skimage", indices=[1], size=16)
-    obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("noise", std=1e-2)])
+    noise = gi.defenses.make("noise", std=1e-2, distribution=distribution)
+    obs = gi.observe(model, images, labels, seed=0, defenses=[noise])
     # Execute
     runs = {a: gi.attacks.make(attack, adaptive=a, **options).reconstruct(obs) for a in (False, True)}
     psnr = {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}
-    # Assert: the attack that ignores the noise fits it; the posterior's prior, weighted by the noise variance, does
-    # better
-    assert runs[True].info["noise_prior"] == pytest.approx(2 * 1e-4 * TV_PRIOR * 768)
+    # Assert: the attack that ignores the noise fits it; the posterior (the noise's likelihood and the prior weighted
+    # by the noise's scale) does better
+    weight = 2 * 1e-4 if distribution == "gaussian" else 1e-2 / 2**0.5
+    assert runs[True].info["noise_prior"] == pytest.approx(weight * TV_PRIOR * 768)
     assert "noise_prior" not in runs[False].info and psnr[True] > psnr[False] + gain, psnr
+
+
+def test_the_adaptive_trial_update_is_dpsgd_s_clipping() -> None:
+    # Prepare: a batch of two photographs; Opacus' DP-SGD gradient without noise is the reference
+    from gradinv.defenses.dpsgd import dp_gradient
+
+    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
+    images, labels = gi.data.load("skimage", indices=[1, 2], size=16)
+    x = gi.fl.client.normalize(images, gi.ThreatModel().normalization)
+    generator = torch.Generator().manual_seed(0)
+    # Execute
+    ours = clipped_update(model, x, labels, gi.ThreatModel(), 0.5)
+    opacus = dp_gradient(model, x, labels, noise_multiplier=0.0, max_grad_norm=0.5, generator=generator)
+    # Assert: the same per-sample clipping and average (the per-sample norms, ~11, are far above 0.5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, opacus, strict=True))
+
+
+def test_adaptive_idlg_computes_its_trial_through_dpsgd_s_clipping() -> None:
+    # Prepare: DP-SGD clipping at 0.1 (the gradient's norm is 11), no noise, on the 16x16 cat through DLG's LeNet
+    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
+    images, labels = gi.data.load("skimage", indices=[1], size=16)
+    dp = gi.defenses.make("dpsgd", noise_multiplier=0.0, max_grad_norm=0.1)
+    obs = gi.observe(model, images, labels, seed=0, defenses=[dp])
+    # Execute
+    runs = {
+        a: gi.attacks.make("idlg", steps=50, line_search="strong_wolfe", adaptive=a).reconstruct(obs)
+        for a in (False, True)
+    }
+    psnr = {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}
+    # Assert: matching the clipped update with an unclipped trial fails; clipping the trial too recovers the image
+    # (measured 5.6 against 38.6 dB)
+    assert psnr[False] < 10 and psnr[True] > 30, psnr
+    fedavg = gi.observe(model, images, labels, seed=0, defenses=[dp], threat=gi.ThreatModel(update="fedavg"))
+    with pytest.raises(ValueError, match="DP-SGD over FedAvg steps"):
+        gi.attacks.make("idlg", steps=1, adaptive=True).reconstruct(fedavg)
