@@ -28,27 +28,39 @@ gradient; a FedAvg update of several DP-SGD steps is refused.
 Laplacian noise: the likelihood is ``exp(-||g(x) - g||_1 / b)`` (``b = sigma / sqrt 2``), so the distance is L1 and
 the prior's weight ``b lambda`` (the same Bayesian derivation).
 
-The other defenses' adaptive counterparts (dropout masks optimised too, quantisation and sign) are not built yet:
-asking for them raises ``ValueError`` rather than silently running the plain attack.
+Uniform quantisation to ``bits`` bits (each tensor rounded to levels ``k * step``, ``step = max|g| / (2^(bits-1) - 1)``,
+the scale shared): the shared value says only which rounding cell the true entry lies in, ``[q - step/2, q +
+step/2]`` (clipped to ``[-max|g|, max|g|]``; one bit: the sign's half-range). The likelihood is uniform on the cells,
+so the adaptive attacker matches its trial to the *cells*, the squared distance to the box (zero anywhere inside,
+where the plain attack still pulls toward the level), and adds the TV prior at the rounding error's variance
+``step^2 / 12`` (gradinv's own: the uniform error's variance in the Gaussian prior weight).
+
+The other defenses' adaptive counterparts (dropout masks optimised too, sign compression) are not built yet: asking
+for them raises ``ValueError`` rather than silently running the plain attack.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
+from gradinv.attacks.objectives import euclidean_distance, l1_distance
 from gradinv.observation import Observation, ThreatModel
 from gradinv.update import compute_update
 
 SPARSIFIERS = frozenset({"prune", "topk", "soteria"})
 """Defenses that zero entries of the update and leave the rest exact: the adaptive view keeps only what survived."""
 
+QUANTIZERS = frozenset({"quantize"})
+"""Defenses that round the update: the adaptive objective matches the rounding cells."""
+
 NOISE = frozenset({"noise", "dpsgd"})
 """Defenses that add noise to the update: the adaptive objective is the noise-aware posterior (Gaussian noise)."""
 
-ADAPTABLE = SPARSIFIERS | NOISE
+ADAPTABLE = SPARSIFIERS | NOISE | QUANTIZERS
 """Every defense with an adaptive counterpart."""
 
 TV_PRIOR = 16.0
@@ -174,3 +186,106 @@ def trial_update(observation: Observation) -> UpdateFn | None:
         return clipped_update(model, inputs, labels, threat, bound)
 
     return update
+
+
+def quantization_cells(target: Sequence[torch.Tensor], bits: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per entry, the interval ``[lower, upper]`` of true values that :func:`~gradinv.defenses.quantize.
+    quantize_uniform` rounds to the shared value (module docstring); a tensor shared as all zeros was all zeros."""
+    half = 2 ** (bits - 1) - 1
+    lower, upper = [], []
+    for q in target:
+        top = q.abs().max()
+        if top == 0:
+            lower.append(torch.zeros_like(q))
+            upper.append(torch.zeros_like(q))
+        elif half == 0:  # one bit: sign(g) * max|g|
+            lower.append(torch.where(q > 0, torch.zeros_like(q), -top))
+            upper.append(torch.where(q > 0, top, torch.zeros_like(q)))
+        else:
+            step = top / half
+            lower.append(torch.clamp(q - step / 2, min=-top))
+            upper.append(torch.clamp(q + step / 2, max=top))
+    return lower, upper
+
+
+Distance = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], torch.Tensor]
+"""Compares a (viewed) trial update with the observed one."""
+
+
+def cell_distance(lower: Sequence[torch.Tensor], upper: Sequence[torch.Tensor]) -> Distance:
+    """The squared Euclidean distance from a trial update to the box ``[lower, upper]`` (0 inside)."""
+
+    def distance(trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
+        terms = [
+            (torch.relu(lo - t) + torch.relu(t - hi)).pow(2).sum()
+            for t, lo, hi in zip(trial, lower, upper, strict=True)
+        ]
+        return torch.stack(terms).sum()
+
+    distance.__name__ = "cell_distance"
+    return distance
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """What an adaptive attack changes, from the defenses recorded in the observation.
+
+    Attributes:
+        view: maps a trial update to what is compared (the support of a sparsifier).
+        distance: replaces the attack's own distance (the noise's likelihood, the quantisation cells); ``None``:
+            keep it.
+        prior: the weight of the mean total variation that goes with ``distance`` (0: none).
+        update: computes the trial's update through the client's operator (DP-SGD's clipping); ``None``: the plain
+            update.
+    """
+
+    view: View
+    distance: Distance | None
+    prior: float
+    update: UpdateFn | None
+
+    def info(self) -> dict[str, object]:
+        """What the result records of the adaptation."""
+        out: dict[str, object] = {}
+        if self.distance is not None:
+            out["adaptive_distance"] = self.distance.__name__
+        if self.prior:
+            out["noise_prior"] = self.prior
+        if self.update is not None:
+            out["adaptive_update"] = "dpsgd clipping"
+        return out
+
+
+def adapt(observation: Observation, target: Sequence[torch.Tensor], batch_size: int) -> Adaptation:
+    """The adaptive attack's changes for the client's recorded defenses (module docstring), for a trial batch of
+    ``batch_size``.
+
+    Raises:
+        ValueError: no defense recorded, or one without an adaptive counterpart (see :func:`defense_view`), or a
+            combination whose likelihood is not built (quantisation with noise, quantisation twice).
+    """
+    view = defense_view(observation, target)
+    noisy = any(
+        d.get("name") == "noise" or (d.get("name") == "dpsgd" and float(d["noise_multiplier"]) > 0)
+        for d in observation.defenses
+    )
+    prior = noise_prior(observation, batch_size)
+    update = trial_update(observation)
+    quantized = [d for d in observation.defenses if d.get("name") in QUANTIZERS]
+    if quantized:
+        if len(quantized) > 1 or noisy:
+            raise ValueError(
+                "no adaptive counterpart for quantisation beside noise or twice (no closed-form likelihood); run "
+                "with adaptive=False"
+            )
+        bits = int(quantized[0]["bits"])
+        lower, upper = quantization_cells(target, bits)
+        half = max(2 ** (bits - 1) - 1, 1)
+        entries = sum(t.numel() for t in target)
+        variance = sum(float(t.abs().max() / half) ** 2 / 12 * t.numel() for t in target) / max(entries, 1)
+        prior = 2 * variance * TV_PRIOR * batch_size * math.prod(observation.image_shape)
+        return Adaptation(view, cell_distance(lower, upper), prior, update)
+    if noisy:
+        distance = l1_distance if likelihood(observation) == "laplacian" else euclidean_distance
+        return Adaptation(view, distance, prior, update)
+    return Adaptation(view, None, 0.0, update)

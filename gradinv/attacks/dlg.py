@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import torch
 
-from gradinv.attacks.adaptive import defense_view, likelihood, noise_prior, trial_update
+from gradinv.attacks.adaptive import adapt
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
-from gradinv.attacks.objectives import euclidean_distance, l1_distance, total_variation
+from gradinv.attacks.objectives import euclidean_distance, total_variation
 from gradinv.fl.client import compute_update, denormalize
 from gradinv.observation import Observation
 from gradinv.validation import check_arguments, check_positive_int, check_seed
@@ -80,12 +80,13 @@ class DLG(Attack):
     def run(self, observation: Observation, callback: Callback | None) -> Result:
         model = attacker_model(observation)
         target = target_update(observation, model)
-        view = defense_view(observation, target) if self.adaptive else list
         threat, n = observation.threat, self.batch_size_of(observation)
-        prior = noise_prior(observation, n) if self.adaptive else 0.0
-        laplacian = self.adaptive and likelihood(observation) == "laplacian"
-        match = l1_distance if laplacian else euclidean_distance  # the noise's negative log-likelihood
-        clipped = trial_update(observation) if self.adaptive else None  # DP-SGD's clipping, as the client ran it
+        adaptation = adapt(observation, target, n) if self.adaptive else None
+        view = adaptation.view if adaptation else list
+        # the noise's negative log-likelihood or the quantisation cells, and the prior that goes with them
+        match = adaptation.distance if adaptation and adaptation.distance else euclidean_distance
+        prior = adaptation.prior if adaptation else 0.0
+        clipped = adaptation.update if adaptation else None  # DP-SGD's clipping, as the client ran it
         fixed, label_source = self.fixed_labels(observation, n)
         device = attacker_device(observation)
         fixed = None if fixed is None else fixed.to(device)
@@ -121,8 +122,8 @@ class DLG(Attack):
         labels = fixed if fixed is not None else y_best.argmax(dim=-1)
         images = denormalize(x_best, threat.normalization)
         info = {"gradient_distance": loss, "label_source": label_source, "adaptive": self.adaptive}
-        if prior:
-            info["noise_prior"] = prior
+        if adaptation:
+            info.update(adaptation.info())
         return Result(images, labels, trace, info=info)
 
     def _minimise(

@@ -9,14 +9,12 @@ import torch
 from torch.func import functional_call
 
 from gradinv.attacks import labels as label_recovery
-from gradinv.attacks.adaptive import View, defense_view, likelihood, noise_prior, trial_update
+from gradinv.attacks.adaptive import View, adapt
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
 from gradinv.attacks.objectives import (
     BatchNormInputs,
     batchnorm_matching,
     cosine_distance,
-    euclidean_distance,
-    l1_distance,
     running_statistics,
     total_variation,
 )
@@ -121,13 +119,15 @@ class InvertingGradients(Attack):
     def run(self, observation: Observation, callback: Callback | None) -> Result:
         model = attacker_model(observation)
         target = target_update(observation, model)
-        view: View = defense_view(observation, target) if self.adaptive else list
         threat, n = observation.threat, self.batch_size_of(observation)
-        prior = noise_prior(observation, n) if self.adaptive else 0.0
-        clipped = trial_update(observation) if self.adaptive else None  # DP-SGD's clipping, as the client ran it
-        # under Gaussian noise the adaptive objective is the posterior: the likelihood's L2 and the noise-scaled prior
-        noise = l1_distance if likelihood(observation) == "laplacian" else euclidean_distance
-        distance, tv = (noise, prior) if prior else (cosine_distance, self.tv)
+        adaptation = adapt(observation, target, n) if self.adaptive else None
+        view: View = adaptation.view if adaptation else list
+        clipped = adaptation.update if adaptation else None  # DP-SGD's clipping, as the client ran it
+        # under noise or quantisation the adaptive objective is the posterior: the likelihood's distance and its prior
+        if adaptation and adaptation.distance:
+            distance, tv = adaptation.distance, adaptation.prior
+        else:
+            distance, tv = cosine_distance, self.tv
         labels = observation.labels
         label_source = "threat model"
         if labels is None:
@@ -215,8 +215,8 @@ class InvertingGradients(Attack):
             "vectorised_restarts": vectorised,
             "adaptive": self.adaptive,
         }
-        if prior:
-            info["noise_prior"] = prior
+        if adaptation:
+            info.update(adaptation.info())
         if bn_target is not None:
             info["bn_target"] = "client batch" if observation.bn_stats is not None else "running statistics"
         return Result(images, labels, [h[chosen] for h in history], info=info)

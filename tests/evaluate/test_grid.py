@@ -169,15 +169,14 @@ std = 0.01
 distribution = "laplacian"
 
 [[defenses]]
-name = "quantize"
-bits = 8
+name = "sign"
 """
     grid = load_grid(_grid(tmp_path, BASE + defenses))
     pairs = {(attack_label(c.config), c.config["defense_label"]) for c in grid.cells}
-    # noise has its noise-aware counterpart; quantisation has none yet
+    # noise has its noise-aware counterpart; sign compression has none yet
     adapted = {d for a, d in pairs if a == "ig adaptive"}
     assert adapted == {"prune(ratio=0.5)", "prune(ratio=0.9)", "noise(std=0.01)", "laplacian"}
-    assert {d for a, d in pairs if a == "bias_trick"} == adapted | {"none", "quantize(bits=8)"}
-    only_quantize = BASE + defenses.split("[[defenses]]")[0] + '[[defenses]]\nname = "quantize"\nbits = 8\n'
+    assert {d for a, d in pairs if a == "bias_trick"} == adapted | {"none", "sign"}
+    only_sign = BASE + defenses.split("[[defenses]]")[0] + '[[defenses]]\nname = "sign"\n'
     with pytest.raises(GridError, match="'ig adaptive' is adaptive, but no defense of the grid has an adaptive"):
-        load_grid(_grid(tmp_path, only_quantize))
+        load_grid(_grid(tmp_path, only_sign))
