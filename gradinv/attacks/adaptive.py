@@ -35,14 +35,21 @@ so the adaptive attacker matches its trial to the *cells*, the squared distance 
 where the plain attack still pulls toward the level), and adds the TV prior at the rounding error's variance
 ``step^2 / 12`` (gradinv's own: the uniform error's variance in the Gaussian prior weight).
 
-The other defenses' adaptive counterparts (dropout masks optimised too, sign compression) are not built yet: asking
-for them raises ``ValueError`` rather than silently running the plain attack.
+Dropout (Zheng 2021: a random mask on the classifier's input, drawn privately by the client): Scheliga, Maeder &
+Seeland ("Dropout is NOT All You Need to Prevent Gradient Leakage", AAAI 2023) break it by optimising the client's
+masks jointly with the input. :class:`DropoutMasks` relaxes each sample's binary mask to ``sigmoid(logit) / (1 -
+p)`` (one logit per unit, started at the keep probability, so the first trial is dropout's expectation), installed
+in the model's dropout layers while the trial update is computed; the attack optimises the logits with its input.
+
+The other defenses' adaptive counterparts (sign compression) are not built yet: asking for them raises
+``ValueError`` rather than silently running the plain attack.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +67,10 @@ QUANTIZERS = frozenset({"quantize"})
 NOISE = frozenset({"noise", "dpsgd"})
 """Defenses that add noise to the update: the adaptive objective is the noise-aware posterior (Gaussian noise)."""
 
-ADAPTABLE = SPARSIFIERS | NOISE | QUANTIZERS
+DROPOUT = frozenset({"dropout"})
+"""Defenses that draw a private random mask: the adaptive attacker optimises the masks too."""
+
+ADAPTABLE = SPARSIFIERS | NOISE | QUANTIZERS | DROPOUT
 """Every defense with an adaptive counterpart."""
 
 TV_PRIOR = 16.0
@@ -227,6 +237,48 @@ def cell_distance(lower: Sequence[torch.Tensor], upper: Sequence[torch.Tensor]) 
 
 
 @dataclass(frozen=True)
+class DropoutMasks:
+    """Relaxed dropout masks for a trial batch (module docstring), one ``(n, in_features)`` logit tensor per dropout
+    layer of the model."""
+
+    logits: dict[str, torch.Tensor]
+    p: float
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The leaves the attack optimises."""
+        return list(self.logits.values())
+
+    @contextlib.contextmanager
+    def installed(self, model: torch.nn.Module) -> Iterator[None]:
+        """The masks in ``model``'s dropout layers for the block (recomputed from the logits, so differentiable)."""
+        modules = dict(model.named_modules())
+        try:
+            for name, logit in self.logits.items():
+                modules[name].mask = torch.sigmoid(logit) / (1 - self.p)
+            yield
+        finally:
+            for name in self.logits:
+                modules[name].mask = None
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """The masks as they stand (detached)."""
+        return {n: (torch.sigmoid(v) / (1 - self.p)).detach() for n, v in self.logits.items()}
+
+
+def dropout_masks(model: torch.nn.Module, p: float, batch_size: int, device: torch.device) -> DropoutMasks:
+    """Fresh masks for every dropout layer of ``model``, at the keep probability (``sigmoid(logit) = 1 - p``)."""
+    from gradinv.defenses.dropout import DroppedLinear
+
+    start = math.log((1 - p) / p) if p > 0 else 10.0
+    logits = {
+        name: torch.full((batch_size, m.in_features), start, device=device, requires_grad=True)
+        for name, m in model.named_modules()
+        if isinstance(m, DroppedLinear)
+    }
+    return DropoutMasks(logits, p)
+
+
+@dataclass(frozen=True)
 class Adaptation:
     """What an adaptive attack changes, from the defenses recorded in the observation.
 
@@ -243,6 +295,8 @@ class Adaptation:
     distance: Distance | None
     prior: float
     update: UpdateFn | None
+    dropout: float | None = None
+    """The client's dropout rate when the attack must optimise its masks (:func:`dropout_masks` per restart)."""
 
     def info(self) -> dict[str, object]:
         """What the result records of the adaptation."""
@@ -253,6 +307,8 @@ class Adaptation:
             out["noise_prior"] = self.prior
         if self.update is not None:
             out["adaptive_update"] = "dpsgd clipping"
+        if self.dropout is not None:
+            out["dropout_masks"] = "optimised"
         return out
 
 
@@ -265,6 +321,8 @@ def adapt(observation: Observation, target: Sequence[torch.Tensor], batch_size: 
             combination whose likelihood is not built (quantisation with noise, quantisation twice).
     """
     view = defense_view(observation, target)
+    rates = [float(d["p"]) for d in observation.defenses if d.get("name") in DROPOUT]
+    dropout = rates[0] if rates and observation.threat.bn_mode == "train" else None  # eval mode: no dropout ran
     noisy = any(
         d.get("name") == "noise" or (d.get("name") == "dpsgd" and float(d["noise_multiplier"]) > 0)
         for d in observation.defenses
@@ -284,8 +342,8 @@ def adapt(observation: Observation, target: Sequence[torch.Tensor], batch_size: 
         entries = sum(t.numel() for t in target)
         variance = sum(float(t.abs().max() / half) ** 2 / 12 * t.numel() for t in target) / max(entries, 1)
         prior = 2 * variance * TV_PRIOR * batch_size * math.prod(observation.image_shape)
-        return Adaptation(view, cell_distance(lower, upper), prior, update)
+        return Adaptation(view, cell_distance(lower, upper), prior, update, dropout)
     if noisy:
         distance = l1_distance if likelihood(observation) == "laplacian" else euclidean_distance
-        return Adaptation(view, distance, prior, update)
-    return Adaptation(view, None, 0.0, update)
+        return Adaptation(view, distance, prior, update, dropout)
+    return Adaptation(view, None, 0.0, update, dropout)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
 import torch
 
-from gradinv.attacks.adaptive import adapt
+from gradinv.attacks.adaptive import DropoutMasks, adapt, dropout_masks
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
 from gradinv.attacks.objectives import euclidean_distance, total_variation
 from gradinv.fl.client import compute_update, denormalize
@@ -102,18 +103,27 @@ class DLG(Attack):
             x = torch.randn((n, *observation.image_shape), generator=generator).to(device).requires_grad_(True)
             y = torch.randn((n, observation.num_classes), generator=generator).to(device).requires_grad_(fixed is None)
 
-            def objective(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+            # the client's private dropout masks, optimised with the input (Scheliga et al.; adaptive.py)
+            masks = (
+                None
+                if not adaptation or adaptation.dropout is None
+                else dropout_masks(model, adaptation.dropout, n, device)
+            )
+
+            def objective(x: torch.Tensor = x, y: torch.Tensor = y, masks: DropoutMasks | None = masks) -> torch.Tensor:
                 labels = fixed if fixed is not None else torch.softmax(y, dim=-1)
-                if clipped is not None:
-                    trial = view(clipped(model, x, labels, threat))
-                else:
-                    trial = view(compute_update(model, x, labels, threat, create_graph=True))
+                with masks.installed(model) if masks is not None else contextlib.nullcontext():
+                    if clipped is not None:
+                        trial = view(clipped(model, x, labels, threat))
+                    else:
+                        trial = view(compute_update(model, x, labels, threat, create_graph=True))
                 distance = match(trial, target)
                 if prior:  # the noise-aware posterior (adaptive.py): the prior's weight grows with the noise
                     distance = distance + prior * total_variation(x)
                 return distance * scale
 
-            candidate = self._minimise(objective, x, y, fixed is None, trace, callback)
+            extra = [] if masks is None else masks.parameters()
+            candidate = self._minimise(objective, x, y, fixed is None, trace, callback, extra)
             if candidate is not None and (best is None or candidate[0] < best[0]):
                 best = candidate
         if best is None:
@@ -134,9 +144,11 @@ class DLG(Attack):
         joint: bool,
         trace: list[float],
         callback: Callback | None,
+        extra: list[torch.Tensor] | None = None,
     ) -> tuple[float, torch.Tensor, torch.Tensor] | None:
-        """L-BFGS on ``x`` (and ``y`` if ``joint``); the best finite iterate as ``(loss, x, y)``."""
-        variables = [x, y] if joint else [x]
+        """L-BFGS on ``x`` (and ``y`` if ``joint``, and the ``extra`` leaves: an adaptive attack's dropout masks); the
+        best finite iterate as ``(loss, x, y)``."""
+        variables = ([x, y] if joint else [x]) + list(extra or [])
         optimizer = torch.optim.LBFGS(
             variables,
             lr=self.lr,

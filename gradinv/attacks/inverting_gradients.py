@@ -9,7 +9,7 @@ import torch
 from torch.func import functional_call
 
 from gradinv.attacks import labels as label_recovery
-from gradinv.attacks.adaptive import View, adapt
+from gradinv.attacks.adaptive import View, adapt, dropout_masks
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
 from gradinv.attacks.objectives import (
     BatchNormInputs,
@@ -18,6 +18,7 @@ from gradinv.attacks.objectives import (
     running_statistics,
     total_variation,
 )
+from gradinv.defenses.dropout import DroppedLinear
 from gradinv.fl.client import compute_update, denormalize, normalize
 from gradinv.observation import Observation, ThreatModel
 from gradinv.update import cross_entropy
@@ -144,12 +145,18 @@ class InvertingGradients(Attack):
         bn_target = self._bn_target(observation, model)
         generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same starts on every device
         starts = [torch.randn((n, *observation.image_shape), generator=generator) for _ in range(self.restarts)]
-        vectorised = self.batched and self.restarts > 1 and clipped is None and vectorisable(model, threat, bn_target)
+        # the client's private dropout masks, one set per restart, optimised with the inputs (Scheliga et al.)
+        rate = None if adaptation is None else adaptation.dropout
+        masks = None if rate is None else [dropout_masks(model, rate, n, device) for _ in starts]
+        vectorised = (self.batched and self.restarts > 1 and clipped is None and masks is None) and vectorisable(
+            model, threat, bn_target
+        )
 
-        def update_of(x: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
-            if clipped is not None:
-                return clipped(model, x, labels, threat)
-            return compute_update(model, x, labels, threat, create_graph=create_graph)
+        def update_of(x: torch.Tensor, create_graph: bool, r: int) -> list[torch.Tensor]:
+            with masks[r].installed(model) if masks is not None else contextlib.nullcontext():
+                if clipped is not None:
+                    return clipped(model, x, labels, threat)
+                return compute_update(model, x, labels, threat, create_graph=create_graph)
 
         if vectorised:
             variables = [torch.stack(starts).to(device).requires_grad_(True)]  # (R, n, C, H, W): one leaf
@@ -161,10 +168,10 @@ class InvertingGradients(Attack):
             if vectorised:
                 return trials_objective(model, variables[0], labels, target, tv, view, distance)
             losses = []
-            for x in variables:
+            for r, x in enumerate(variables):
                 recorder = None if bn_target is None else BatchNormInputs(model)
                 with recorder or contextlib.nullcontext():
-                    update = view(update_of(x, True))
+                    update = view(update_of(x, True, r))
                 loss = distance(update, target) + tv * total_variation(x)
                 if recorder is not None and bn_target is not None:
                     loss = loss + self.bn_reg * batchnorm_matching(recorder.stats, bn_target)
@@ -175,7 +182,8 @@ class InvertingGradients(Attack):
             return list(variables[0]) if vectorised else variables
 
         # all restarts in lockstep: Adam and the projection act elementwise, so this is R independent runs
-        optimizer = torch.optim.Adam(variables, lr=self.lr)
+        mask_leaves = [leaf for m in masks or [] for leaf in m.parameters()]
+        optimizer = torch.optim.Adam(variables + mask_leaves, lr=self.lr)
         milestones = [int(self.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)] if self.lr_decay else []
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
         best_loss = [float("inf")] * self.restarts
@@ -206,7 +214,7 @@ class InvertingGradients(Attack):
             for r, (value, x) in enumerate(zip(final, trials(), strict=True)):
                 if value < best_loss[r]:
                     best_loss[r], best_x[r] = value, x.detach().clone()
-        scores = [float(distance(view(update_of(x, False)), target).detach()) for x in best_x]
+        scores = [float(distance(view(update_of(x, False, r)), target).detach()) for r, x in enumerate(best_x)]
         chosen = min(range(self.restarts), key=lambda r: scores[r])  # restarts ranked by gradient loss (the paper)
         images = denormalize(best_x[chosen], threat.normalization)
         info = {
@@ -240,7 +248,7 @@ def vectorisable(
     dropout in training mode)."""
     if threat.update != "gradient" or bn_target is not None:
         return False
-    batch_dependent = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+    batch_dependent = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd, DroppedLinear)
     return not any(m.training and isinstance(m, batch_dependent) for m in model.modules())
 
 

@@ -21,8 +21,14 @@ class DroppedLinear(nn.Linear):
         super().__init__(layer.in_features, layer.out_features, bias=layer.bias is not None)
         self.load_state_dict(layer.state_dict())
         self.p = p
+        self.mask: torch.Tensor | None = None
+        """Set by an attacker that optimises the masks (:mod:`gradinv.attacks.adaptive`): in training mode the input
+        is multiplied by it instead of a random dropout mask."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = getattr(self, "mask", None)  # absent from models pickled before the attribute existed
+        if mask is not None and self.training:
+            return super().forward(x * mask)
         return super().forward(F.dropout(x, self.p, training=self.training))
 
 
