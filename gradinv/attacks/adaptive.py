@@ -41,8 +41,14 @@ masks jointly with the input. :class:`DropoutMasks` relaxes each sample's binary
 p)`` (one logit per unit, started at the keep probability, so the first trial is dropout's expectation), installed
 in the model's dropout layers while the trial update is computed; the attack optimises the logits with its input.
 
-The other defenses' adaptive counterparts (sign compression) are not built yet: asking for them raises
-``ValueError`` rather than silently running the plain attack.
+Sign compression (signSGD, Bernstein et al., ICML 2018: ``sign(g)`` shared, no magnitude): the shared signs say
+only which orthant the gradient lies in, a cone with no scale. The adaptive attacker matches its trial to that cone,
+scale-free: the squared share of the trial's norm on entries of the wrong sign (and on entries the client's gradient
+had at exactly zero), ``||min(0, s * g')||^2 / ||g'||^2`` (:func:`cone_distance`, gradinv's own; 0 inside the cone,
+1 at the opposite orthant). No noise, so no prior beyond the attack's own.
+
+Every other recorded defense (MixUp, InstaHide: their encodings have their own decoding attack) raises
+``ValueError`` with ``adaptive=True`` rather than silently running the plain attack.
 """
 
 from __future__ import annotations
@@ -70,7 +76,10 @@ NOISE = frozenset({"noise", "dpsgd"})
 DROPOUT = frozenset({"dropout"})
 """Defenses that draw a private random mask: the adaptive attacker optimises the masks too."""
 
-ADAPTABLE = SPARSIFIERS | NOISE | QUANTIZERS | DROPOUT
+SIGNS = frozenset({"sign"})
+"""Defenses that share only signs: the adaptive objective matches the orthant."""
+
+ADAPTABLE = SPARSIFIERS | NOISE | QUANTIZERS | DROPOUT | SIGNS
 """Every defense with an adaptive counterpart."""
 
 TV_PRIOR = 16.0
@@ -236,6 +245,15 @@ def cell_distance(lower: Sequence[torch.Tensor], upper: Sequence[torch.Tensor]) 
     return distance
 
 
+def cone_distance(trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The scale-free distance from a trial update to the orthant of the shared signs ``target`` (module
+    docstring): the squared norm on wrong-signed entries (a zero sign asks for zero) over the squared norm."""
+    wrong = [torch.where(s == 0, t, torch.relu(-s * t)) for t, s in zip(trial, target, strict=True)]
+    off = torch.stack([w.pow(2).sum() for w in wrong]).sum()
+    total = torch.stack([t.pow(2).sum() for t in trial]).sum()
+    return off / total.clamp_min(1e-30)
+
+
 @dataclass(frozen=True)
 class DropoutMasks:
     """Relaxed dropout masks for a trial batch (module docstring), one ``(n, in_features)`` logit tensor per dropout
@@ -286,7 +304,7 @@ class Adaptation:
         view: maps a trial update to what is compared (the support of a sparsifier).
         distance: replaces the attack's own distance (the noise's likelihood, the quantisation cells); ``None``:
             keep it.
-        prior: the weight of the mean total variation that goes with ``distance`` (0: none).
+        prior: the weight of the mean total variation that goes with ``distance`` (0: the attack keeps its own).
         update: computes the trial's update through the client's operator (DP-SGD's clipping); ``None``: the plain
             update.
     """
@@ -329,6 +347,13 @@ def adapt(observation: Observation, target: Sequence[torch.Tensor], batch_size: 
     )
     prior = noise_prior(observation, batch_size)
     update = trial_update(observation)
+    if any(d.get("name") in SIGNS for d in observation.defenses):
+        if len(observation.defenses) > 1 or noisy:
+            raise ValueError(
+                "no adaptive counterpart for sign compression beside another defense (the shared signs would be "
+                "of the other defense's output); run with adaptive=False"
+            )
+        return Adaptation(list, cone_distance, 0.0, update, dropout)  # a zero sign is kept: it asks for a zero
     quantized = [d for d in observation.defenses if d.get("name") in QUANTIZERS]
     if quantized:
         if len(quantized) > 1 or noisy:

@@ -126,7 +126,7 @@ class InvertingGradients(Attack):
         clipped = adaptation.update if adaptation else None  # DP-SGD's clipping, as the client ran it
         # under noise or quantisation the adaptive objective is the posterior: the likelihood's distance and its prior
         if adaptation and adaptation.distance:
-            distance, tv = adaptation.distance, adaptation.prior
+            distance, tv = adaptation.distance, adaptation.prior or self.tv
         else:
             distance, tv = cosine_distance, self.tv
         labels = observation.labels

@@ -18,8 +18,8 @@ Sections (see ``examples/tiny.toml``)::
                   ``chain = [{ name = "prune", ratio = 0.9 }, { name = "mixup", k = 4 }]``; optional label
 
 An attack entry with ``adaptive = true`` (:mod:`gradinv.attacks.adaptive`) runs only against the defense settings it
-adapts to (pruning, top-k, Soteria, noise, DP-SGD, quantisation, dropout); list the attack twice, plain and
-adaptive, and the report's ranking takes the stronger per defense.
+adapts to (every defense but MixUp and InstaHide); list the attack twice, plain and adaptive, and the report's
+ranking takes the stronger per defense.
 
 Any [[attacks]] or [[defenses]] entry may take ``batch_sizes = [...]`` (drawn from [grid]) and ``threats = [...]``
 (labels of [[threats]]) to run only there. ``pretrain_epochs`` in [grid] attacks the model after that many epochs of

@@ -169,14 +169,22 @@ std = 0.01
 distribution = "laplacian"
 
 [[defenses]]
-name = "sign"
+name = "mixup"
+k = 2
+pool = "batch"
+batch_sizes = [4]
 """
     grid = load_grid(_grid(tmp_path, BASE + defenses))
     pairs = {(attack_label(c.config), c.config["defense_label"]) for c in grid.cells}
-    # noise has its noise-aware counterpart; sign compression has none yet
+    # noise has its noise-aware counterpart; MixUp has none (its encodings have their own decoding attack)
     adapted = {d for a, d in pairs if a == "ig adaptive"}
     assert adapted == {"prune(ratio=0.5)", "prune(ratio=0.9)", "noise(std=0.01)", "laplacian"}
-    assert {d for a, d in pairs if a == "bias_trick"} == adapted | {"none", "sign"}
-    only_sign = BASE + defenses.split("[[defenses]]")[0] + '[[defenses]]\nname = "sign"\n'
+    mixup = {d for a, d in pairs if a == "bias_trick"} - adapted - {"none"}
+    assert len(mixup) == 1 and next(iter(mixup)).startswith("mixup")
+    only_mixup = (
+        BASE
+        + defenses.split("[[defenses]]")[0]
+        + '[[defenses]]\nname = "mixup"\nk = 2\npool = "batch"\nbatch_sizes = [4]\n'
+    )
     with pytest.raises(GridError, match="'ig adaptive' is adaptive, but no defense of the grid has an adaptive"):
-        load_grid(_grid(tmp_path, only_sign))
+        load_grid(_grid(tmp_path, only_mixup))
