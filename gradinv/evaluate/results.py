@@ -65,7 +65,10 @@ def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[
         setup = utility_config(cells[0]["config"])
         utility = store.utility(config_key(setup)) if setup else None
         row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
+        config = cells[0]["config"]
         row.update(
+            adaptive=bool(config.get("attack_options", {}).get("adaptive")),
+            defenses=[str(name) for name, _ in config.get("defenses", [])],
             cells=len(cells),
             failed=len(cells) - len(done),
             images=len(images),

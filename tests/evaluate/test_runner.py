@@ -231,8 +231,24 @@ def test_pretrained_cells_attack_the_trained_model() -> None:
 def test_the_ranking_calls_defenses_protective_under_the_grids_threshold() -> None:
     from gradinv.report.grid import ranking
 
-    base = {"attack": "IG", "threat_label": "t", "encoding_psnr": None}
-    rows = [{**base, "defense_label": "none", "psnr": 17.0, "accuracy": 0.96},
-            {**base, "defense_label": "prune", "psnr": 9.0, "accuracy": 0.91}]  # fmt: skip
-    assert [(e["defense"], e["protective"]) for e in ranking(rows)] == [("none", True), ("prune", True)]
-    assert [(e["defense"], e["protective"]) for e in ranking(rows, 11.0)] == [("prune", True), ("none", False)]
+    base = {"attack": "IG", "threat_label": "t", "encoding_psnr": None, "adaptive": False}
+    rows = [{**base, "defense_label": "none", "defenses": [], "psnr": 17.0, "accuracy": 0.96},
+            {**base, "defense_label": "prune", "defenses": ["prune"], "psnr": 9.0, "accuracy": 0.91},
+            {**base, "defense_label": "prune", "defenses": ["prune"], "psnr": 10.0, "accuracy": 0.91,
+             "attack": "IG adaptive", "adaptive": True}]  # fmt: skip
+    assert [(e["defense"], e["status"]) for e in ranking(rows)] == [("none", "protective"), ("prune", "protective")]
+    assert [(e["defense"], e["status"]) for e in ranking(rows, 11.0)] == [("prune", "protective"), ("none", "leaks")]
+    # the worst case names the adaptive attack that reached it
+    assert next(e for e in ranking(rows) if e["defense"] == "prune")["by"] == "IG adaptive (adaptive)"
+
+
+def test_a_defense_judged_only_by_attacks_that_ignore_it_is_not_called_protective() -> None:
+    from gradinv.report.grid import ranking
+
+    base = {"attack": "IG", "threat_label": "t", "encoding_psnr": None, "adaptive": False, "accuracy": 0.9}
+    rows = [{**base, "defense_label": "soteria", "defenses": ["soteria"], "psnr": 7.0},
+            {**base, "defense_label": "mixup", "defenses": ["mixup"], "psnr": 8.0}]  # fmt: skip
+    # Soteria has an adaptive counterpart that was not run; MixUp has none (its decoding attack is separate)
+    verdict = {e["defense"]: (e["status"], e["protective"]) for e in ranking(rows)}
+    assert verdict == {"soteria": ("unverified", False), "mixup": ("protective", True)}
+    assert [e["defense"] for e in ranking(rows)] == ["mixup", "soteria"]
