@@ -5,12 +5,13 @@
 The comparison of issue 18: on DLG's LeNet (sigmoid, 32x32 by default) and a real photograph (scikit-image's cat,
 index 1), each defense at the setting its paper or the issue names (pruning 0.9, top-k 0.01, Soteria 80%, Gaussian
 noise std 1e-3 and 1e-2, DP-SGD clipping at 1 without and with noise multiplier 1e-3, quantisation to 4 and 2
-bits, dropout 0.5, signSGD), each attack run twice from the same seed: plain (``adaptive=False``) and adaptive
-(``adaptive=True``: matched only on the entries the defense let through; under noise, the noise-aware posterior;
-under DP-SGD, the trial clipped as the client's was; under quantisation, the rounding cells; under dropout, the
-masks optimised too; under signs, the orthant). The baseline is the same attack on the undefended update, measured
-in the same run. A defense without an adaptive counterpart prints ``n/a`` (the attack refuses ``adaptive=True``
-there rather than run the plain one under the adaptive name).
+bits, dropout 0.5, signSGD, PRECODE), each attack run twice from the same seed: plain (``adaptive=False``) and
+adaptive (``adaptive=True``: matched only on the entries the defense let through; under noise, the noise-aware
+posterior; under DP-SGD, the trial clipped as the client's was; under quantisation, the rounding cells; under
+dropout, the masks optimised too; under signs, the orthant; under PRECODE, its draw read off the update). The
+baseline is the same attack on the undefended update, measured in the same run. A defense without an adaptive
+counterpart prints ``n/a`` (the attack refuses ``adaptive=True`` there rather than run the plain one under the
+adaptive name).
 
 Attacks and budgets: iDLG (L-BFGS, strong-Wolfe line search, 100 iterations), DLG (the same, labels optimised
 jointly), Inverting Gradients (Adam, 1,000 steps, TV 1e-4).
@@ -35,6 +36,7 @@ DEFENSES = {
     "quantize-2": ("quantize", {"bits": 2}),
     "dropout": ("dropout", {"p": 0.5}),
     "sign": ("sign", {}),
+    "precode": ("precode", {}),
 }
 ATTACKS = {
     "idlg": {"steps": 100, "line_search": "strong_wolfe"},

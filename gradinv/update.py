@@ -41,6 +41,26 @@ def _stats(normalization: Normalization, like: torch.Tensor) -> tuple[torch.Tens
     return mean, std
 
 
+def auxiliary_losses(model: nn.Module) -> torch.Tensor | None:
+    """The sum of the losses the model's modules recorded in their last forward pass (``auxiliary_loss``: PRECODE's
+    KL term), cleared as they are read (a tensor with a graph must not stay on the module); ``None`` if none."""
+    terms = []
+    for module in model.modules():
+        term = getattr(module, "auxiliary_loss", None)
+        if term is not None:
+            terms.append(term)
+            module.auxiliary_loss = None  # type: ignore[assignment]
+    return torch.stack(terms).sum() if terms else None
+
+
+def model_loss(logits: torch.Tensor, labels: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The client's training loss: :func:`cross_entropy` plus the model's :func:`auxiliary_losses`, for the forward
+    pass that produced ``logits``."""
+    loss = cross_entropy(logits, labels)
+    extra = auxiliary_losses(model)
+    return loss if extra is None else loss + extra
+
+
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy for ``(N,)`` class indices or ``(N, K)`` soft labels (probabilities)."""
     if labels.dim() == 2:
@@ -69,7 +89,7 @@ def compute_update(
         The gradient of the mean loss, or ``w_before - w_after`` after ``threat.local_steps`` SGD steps.
     """
     if threat.update == "gradient":
-        loss = cross_entropy(model(inputs), labels)
+        loss = model_loss(model(inputs), labels, model)
         return list(torch.autograd.grad(loss, list(model.parameters()), create_graph=create_graph))
     # FedAvg: unrolled local SGD (Geiping et al. 2020, Sec. 4 "multiple local steps").
     names = [n for n, _ in model.named_parameters()]
@@ -80,7 +100,7 @@ def compute_update(
     for step in range(threat.local_steps):
         idx = batches[step % len(batches)]
         state = {**buffers, **dict(zip(names, weights, strict=True))}
-        loss = cross_entropy(functional_call(model, state, (inputs[idx],)), labels[idx])
+        loss = model_loss(functional_call(model, state, (inputs[idx],)), labels[idx], model)
         grads = torch.autograd.grad(loss, weights, create_graph=create_graph)
         weights = [w - threat.local_lr * g for w, g in zip(weights, grads, strict=True)]
     return [p0 - w for p0, w in zip(params, weights, strict=True)]

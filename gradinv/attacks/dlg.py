@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from gradinv.attacks.adaptive import DropoutMasks, adapt, dropout_masks
+from gradinv.attacks.adaptive import PrivateDraws, adapt, private_draws
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
 from gradinv.attacks.objectives import euclidean_distance, total_variation
 from gradinv.fl.client import compute_update, denormalize
@@ -107,10 +107,10 @@ class DLG(Attack):
             masks = (
                 None
                 if not adaptation or adaptation.dropout is None
-                else dropout_masks(model, adaptation.dropout, n, device)
+                else private_draws(model, adaptation.dropout, n, device, observation)
             )
 
-            def objective(x: torch.Tensor = x, y: torch.Tensor = y, masks: DropoutMasks | None = masks) -> torch.Tensor:
+            def objective(x: torch.Tensor = x, y: torch.Tensor = y, masks: PrivateDraws | None = masks) -> torch.Tensor:
                 labels = fixed if fixed is not None else torch.softmax(y, dim=-1)
                 with masks.installed(model) if masks is not None else contextlib.nullcontext():
                     if clipped is not None:

@@ -9,7 +9,7 @@ import torch
 from torch.func import functional_call
 
 from gradinv.attacks import labels as label_recovery
-from gradinv.attacks.adaptive import View, adapt, dropout_masks
+from gradinv.attacks.adaptive import View, adapt, private_draws
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
 from gradinv.attacks.objectives import (
     BatchNormInputs,
@@ -18,7 +18,6 @@ from gradinv.attacks.objectives import (
     running_statistics,
     total_variation,
 )
-from gradinv.defenses.dropout import DroppedLinear
 from gradinv.fl.client import compute_update, denormalize, normalize
 from gradinv.observation import Observation, ThreatModel
 from gradinv.update import cross_entropy
@@ -147,7 +146,7 @@ class InvertingGradients(Attack):
         starts = [torch.randn((n, *observation.image_shape), generator=generator) for _ in range(self.restarts)]
         # the client's private dropout masks, one set per restart, optimised with the inputs (Scheliga et al.)
         rate = None if adaptation is None else adaptation.dropout
-        masks = None if rate is None else [dropout_masks(model, rate, n, device) for _ in starts]
+        masks = None if rate is None else [private_draws(model, rate, n, device, observation) for _ in starts]
         vectorised = (self.batched and self.restarts > 1 and clipped is None and masks is None) and vectorisable(
             model, threat, bn_target
         )
@@ -248,8 +247,9 @@ def vectorisable(
     dropout in training mode)."""
     if threat.update != "gradient" or bn_target is not None:
         return False
-    batch_dependent = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd, DroppedLinear)
-    return not any(m.training and isinstance(m, batch_dependent) for m in model.modules())
+    batch_dependent = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+    random = (m.training and getattr(m, "private_randomness", False) for m in model.modules())  # dropout, PRECODE
+    return not any(m.training and isinstance(m, batch_dependent) for m in model.modules()) and not any(random)
 
 
 def trials_objective(

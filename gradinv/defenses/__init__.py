@@ -10,6 +10,7 @@ from gradinv.defenses.dropout import Dropout
 from gradinv.defenses.instahide import InstaHide
 from gradinv.defenses.mixup import MixUp
 from gradinv.defenses.noise import Noise
+from gradinv.defenses.precode import Precode
 from gradinv.defenses.prune import Prune
 from gradinv.defenses.quantize import Quantize
 from gradinv.defenses.sign import Sign
@@ -28,6 +29,7 @@ REGISTRY: dict[str, tuple[type[Defense], str]] = {
     "instahide": (InstaHide, "InstaHide (Huang et al. ICML 2020): MixUp of k images + random sign flip; k, bounds"),
     "soteria": (Soteria, "Soteria (Sun et al. CVPR 2021): mask the representation's gradient; pruning_rate"),
     "dropout": (Dropout, "dropout before the classifier while the client trains (Zheng 2021); p"),
+    "precode": (Precode, "PRECODE (Scheliga et al. WACV 2022): a variational bottleneck before the classifier; latent"),
 }
 
 

@@ -17,6 +17,9 @@ class DroppedLinear(nn.Linear):
     """An ``nn.Linear`` that applies inverted dropout with rate ``p`` to its input in training mode. It keeps the
     parameter names of the layer it replaces, so the shared update is laid out as before."""
 
+    private_randomness = True
+    """The client's masks are private: a sample's gradient depends on them (``gradinv.attacks.certify.coupling``)."""
+
     def __init__(self, layer: nn.Linear, p: float) -> None:
         super().__init__(layer.in_features, layer.out_features, bias=layer.bias is not None)
         self.load_state_dict(layer.state_dict())

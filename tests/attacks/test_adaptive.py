@@ -228,7 +228,7 @@ def test_adaptive_idlg_optimises_the_dropout_masks() -> None:
     psnr = {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}
     # Assert: fresh random masks defeat the plain attack; optimising them (Scheliga et al.) recovers the image
     # (measured 7.1 against 46.1 dB); the observation's model is left without masks
-    assert runs[True].info["dropout_masks"] == "optimised" and psnr[False] < 12 and psnr[True] > 30, psnr
+    assert runs[True].info["private_draws"] == "optimised" and psnr[False] < 12 and psnr[True] > 30, psnr
     assert all(getattr(m, "mask", None) is None for m in obs.model.modules())
 
 
