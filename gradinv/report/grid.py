@@ -110,6 +110,16 @@ def tradeoff_plot(
     plt.close(fig)
 
 
+EXACT_PSNR = 100.0
+"""From this PSNR (dB) on the ranking says "exact" rather than a number: past float32's resolution of [0, 1] images
+(about 140 dB) the figure measures rounding, not the attack (an exact recovery prints e.g. 578.7 dB)."""
+
+
+def worst_case(psnr: float) -> str:
+    """A ranking's worst case in words: the PSNR in dB, or "exact" from :data:`EXACT_PSNR` on."""
+    return f"exact (PSNR >= {EXACT_PSNR:g} dB)" if psnr >= EXACT_PSNR else f"{_fmt(psnr)} dB"
+
+
 VERDICTS = {
     "protective": " - protective",
     "unverified": " - holds against the attacks that ignore it, but no adaptive attack was run against it: not shown "
@@ -164,7 +174,7 @@ def write_report(store: Store, folder: Path, name: str, protected: float = PROTE
     columns = list(COLUMNS)
     ranked = ranking(rows, protected)
     advice = "".join(
-        f"<li><b>{html.escape(e['defense'])}</b>: worst case {_fmt(e['worst'])} dB ({html.escape(e['by'])}, "
+        f"<li><b>{html.escape(e['defense'])}</b>: worst case {worst_case(e['worst'])} ({html.escape(e['by'])}, "
         f"{html.escape(e['threat'])}), accuracy {_fmt(e['accuracy'])}"
         f"{VERDICTS[e['status']]}"
         + (

@@ -252,3 +252,9 @@ def test_a_defense_judged_only_by_attacks_that_ignore_it_is_not_called_protectiv
     verdict = {e["defense"]: (e["status"], e["protective"]) for e in ranking(rows)}
     assert verdict == {"soteria": ("unverified", False), "mixup": ("protective", True)}
     assert [e["defense"] for e in ranking(rows)] == ["mixup", "soteria"]
+
+
+def test_the_ranking_says_exact_rather_than_a_rounding_figure() -> None:
+    from gradinv.report.grid import worst_case
+
+    assert worst_case(578.7) == "exact (PSNR >= 100 dB)" and worst_case(23.456) == "23.46 dB"
