@@ -194,9 +194,11 @@ class InvertingGradients(Attack):
             for r, (value, x) in enumerate(zip(values, trials(), strict=True)):
                 if self.keep == "best" and value < best_loss[r]:  # the best iterate by objective (breaching)
                     best_loss[r], best_x[r] = value, x.detach().clone()
-            grads = torch.autograd.grad(losses.sum(), variables)
-            for v, g in zip(variables, grads, strict=True):
+            grads = torch.autograd.grad(losses.sum(), variables + mask_leaves)
+            for v, g in zip(variables, grads[: len(variables)], strict=True):
                 v.grad = g.sign() if self.signed else g
+            for leaf, g in zip(mask_leaves, grads[len(variables) :], strict=True):  # the private draws: plain Adam
+                leaf.grad = g
             optimizer.step()
             scheduler.step()
             if self.boxed:
