@@ -120,8 +120,6 @@ def defense_view(observation: Observation, target: Sequence[torch.Tensor]) -> Vi
             f"no adaptive counterpart yet for the defense(s) {unsupported}; adaptive attacks exist for "
             f"{sorted(ADAPTABLE)} (run with adaptive=False for the attack that ignores the defense)"
         )
-    noise_prior(observation, 1)  # refuses a noise it has no likelihood for
-    trial_update(observation)
     masks = support_masks(target)
 
     def view(trial: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -268,7 +266,6 @@ class PrivateDraws:
 
     masks: dict[str, torch.Tensor]
     noises: dict[str, torch.Tensor]
-    p: float
 
     def parameters(self) -> list[torch.Tensor]:
         """The leaves the attack optimises (a draw read off the update exactly is held fixed)."""
@@ -280,7 +277,7 @@ class PrivateDraws:
         modules = dict(model.named_modules())
         try:
             for name, logit in self.masks.items():
-                modules[name].mask = torch.sigmoid(logit) / (1 - self.p)
+                modules[name].mask = torch.sigmoid(logit) / (1 - modules[name].p)
             for name, noise in self.noises.items():
                 modules[name].noise = noise
             yield
@@ -292,21 +289,17 @@ class PrivateDraws:
 
 
 def private_draws(
-    model: torch.nn.Module,
-    p: float,
-    batch_size: int,
-    device: torch.device,
-    observation: Observation | None = None,
+    model: torch.nn.Module, batch_size: int, device: torch.device, observation: Observation | None = None
 ) -> PrivateDraws:
-    """Fresh draws for every dropout layer (masks at the keep probability, ``sigmoid(logit) = 1 - p``, for dropout
+    """Fresh draws for every dropout layer (masks at the keep probability, ``sigmoid(logit) = 1 - p`` for the layer's
     rate ``p``) and every PRECODE bottleneck of ``model``: its noise read off the observed update for one sample
     (:func:`bottleneck_noise`; exact, so held fixed), else optimised from 0, the mean."""
     from gradinv.defenses.dropout import DroppedLinear
 
-    start = math.log((1 - p) / p) if p > 0 else 10.0
     masks, noises = {}, {}
     for name, m in model.named_modules():
         if isinstance(m, DroppedLinear):
+            start = math.log((1 - m.p) / m.p) if m.p > 0 else 10.0
             masks[name] = torch.full((batch_size, m.in_features), start, device=device, requires_grad=True)
         elif isinstance(m, VariationalBottleneck):
             read = None if observation is None or batch_size != 1 else bottleneck_noise(observation, name, m)
@@ -314,7 +307,7 @@ def private_draws(
                 noises[name] = torch.zeros((batch_size, m.latent), device=device, requires_grad=True)
             else:  # exact: held fixed (optimising it too lost 20 dB of iDLG at 16x16)
                 noises[name] = read.to(device)
-    return PrivateDraws(masks, noises, p)
+    return PrivateDraws(masks, noises)
 
 
 def bottleneck_noise(observation: Observation, name: str, bottleneck: VariationalBottleneck) -> torch.Tensor | None:
@@ -355,9 +348,9 @@ class Adaptation:
     distance: Distance | None
     prior: float
     update: UpdateFn | None
-    dropout: float | None = None
-    """Set when the attack must optimise the client's private draws (:func:`private_draws` per restart): the
-    dropout rate (0.5 when only PRECODE's noise is drawn; unused then)."""
+    draws: bool = False
+    """The client drew at random in private (dropout, PRECODE in train mode): the attack optimises the draws too
+    (:func:`private_draws`, one set per restart)."""
 
     def info(self) -> dict[str, object]:
         """What the result records of the adaptation."""
@@ -368,7 +361,7 @@ class Adaptation:
             out["noise_prior"] = self.prior
         if self.update is not None:
             out["adaptive_update"] = "dpsgd clipping"
-        if self.dropout is not None:
+        if self.draws:
             out["private_draws"] = "optimised"
         return out
 
@@ -382,10 +375,8 @@ def adapt(observation: Observation, target: Sequence[torch.Tensor], batch_size: 
             combination whose likelihood is not built (quantisation with noise, quantisation twice).
     """
     view = defense_view(observation, target)
-    rates = [float(d["p"]) for d in observation.defenses if d.get("name") == "dropout"]
-    drawn = bool(rates) or any(d.get("name") == "precode" for d in observation.defenses)
-    # eval mode: the client drew nothing
-    dropout = (rates[0] if rates else 0.5) if drawn and observation.threat.bn_mode == "train" else None
+    # in eval mode the client drew nothing
+    draws = observation.threat.bn_mode == "train" and any(d.get("name") in DROPOUT for d in observation.defenses)
     noisy = any(
         d.get("name") == "noise" or (d.get("name") == "dpsgd" and float(d["noise_multiplier"]) > 0)
         for d in observation.defenses
@@ -398,7 +389,7 @@ def adapt(observation: Observation, target: Sequence[torch.Tensor], batch_size: 
                 "no adaptive counterpart for sign compression beside another defense (the shared signs would be "
                 "of the other defense's output); run with adaptive=False"
             )
-        return Adaptation(list, cone_distance, 0.0, update, dropout)  # a zero sign is kept: it asks for a zero
+        return Adaptation(list, cone_distance, 0.0, update, draws)  # a zero sign is kept: it asks for a zero
     quantized = [d for d in observation.defenses if d.get("name") in QUANTIZERS]
     if quantized:
         if len(quantized) > 1 or noisy:
@@ -412,8 +403,8 @@ def adapt(observation: Observation, target: Sequence[torch.Tensor], batch_size: 
         entries = sum(t.numel() for t in target)
         variance = sum(float(t.abs().max() / half) ** 2 / 12 * t.numel() for t in target) / max(entries, 1)
         prior = 2 * variance * TV_PRIOR * batch_size * math.prod(observation.image_shape)
-        return Adaptation(view, cell_distance(lower, upper), prior, update, dropout)
+        return Adaptation(view, cell_distance(lower, upper), prior, update, draws)
     if noisy:
         distance = l1_distance if likelihood(observation) == "laplacian" else euclidean_distance
-        return Adaptation(view, distance, prior, update, dropout)
-    return Adaptation(view, None, 0.0, update, dropout)
+        return Adaptation(view, distance, prior, update, draws)
+    return Adaptation(view, None, 0.0, update, draws)

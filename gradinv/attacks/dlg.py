@@ -104,11 +104,7 @@ class DLG(Attack):
             y = torch.randn((n, observation.num_classes), generator=generator).to(device).requires_grad_(fixed is None)
 
             # the client's private dropout masks, optimised with the input (Scheliga et al.; adaptive.py)
-            masks = (
-                None
-                if not adaptation or adaptation.dropout is None
-                else private_draws(model, adaptation.dropout, n, device, observation)
-            )
+            masks = private_draws(model, n, device, observation) if adaptation and adaptation.draws else None
 
             def objective(x: torch.Tensor = x, y: torch.Tensor = y, masks: PrivateDraws | None = masks) -> torch.Tensor:
                 labels = fixed if fixed is not None else torch.softmax(y, dim=-1)

@@ -145,8 +145,8 @@ class InvertingGradients(Attack):
         generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same starts on every device
         starts = [torch.randn((n, *observation.image_shape), generator=generator) for _ in range(self.restarts)]
         # the client's private dropout masks, one set per restart, optimised with the inputs (Scheliga et al.)
-        rate = None if adaptation is None else adaptation.dropout
-        masks = None if rate is None else [private_draws(model, rate, n, device, observation) for _ in starts]
+        drawn = adaptation is not None and adaptation.draws
+        masks = [private_draws(model, n, device, observation) for _ in starts] if drawn else None
         vectorised = (self.batched and self.restarts > 1 and clipped is None and masks is None) and vectorisable(
             model, threat, bn_target
         )
