@@ -245,13 +245,18 @@ def vectorisable(
     model: torch.nn.Module, threat: ThreatModel, bn_target: dict[str, tuple[torch.Tensor, torch.Tensor]] | None
 ) -> bool:
     """Whether restarts can run as one ``torch.func.vmap``: one gradient shared (not unrolled FedAvg steps), no
-    BatchNorm prior, and no module whose output depends on the rest of its batch or on randomness (BatchNorm or
-    dropout in training mode)."""
+    BatchNorm prior, no module whose output depends on the rest of its batch or on randomness (BatchNorm or
+    dropout in training mode), and no module adding its own term to the loss (PRECODE's KL, which the vectorised
+    objective's cross-entropy would leave out)."""
     if threat.update != "gradient" or bn_target is not None:
         return False
     batch_dependent = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
-    random = (m.training and getattr(m, "private_randomness", False) for m in model.modules())  # dropout, PRECODE
-    return not any(m.training and isinstance(m, batch_dependent) for m in model.modules()) and not any(random)
+    for m in model.modules():
+        if m.training and (isinstance(m, batch_dependent) or getattr(m, "private_randomness", False)):
+            return False
+        if hasattr(m, "auxiliary_loss"):
+            return False
+    return True
 
 
 def trials_objective(

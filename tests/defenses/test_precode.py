@@ -68,3 +68,14 @@ def test_precode_stops_the_plain_attack_and_not_the_adaptive_one(precode) -> Non
     psnr = {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}
     # measured 7.1 against 24.3 dB (32.8 at 100 iterations); the plain attack's own random draw moves it a little
     assert psnr[False] < 12 and psnr[True] > 20, psnr
+
+
+def test_restarts_are_not_vectorised_past_the_bottlenecks_kl_term(precode) -> None:
+    # in eval mode the bottleneck draws nothing, but its KL term is still part of the client's loss
+    from gradinv.attacks.inverting_gradients import vectorisable
+
+    model = attacker_model(precode[0]).eval()
+    assert not vectorisable(model, precode[0].threat, None)
+    assert vectorisable(
+        gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0).eval(), precode[0].threat, None
+    )
