@@ -293,7 +293,8 @@ def private_draws(
 ) -> PrivateDraws:
     """Fresh draws for every dropout layer (masks at the keep probability, ``sigmoid(logit) = 1 - p`` for the layer's
     rate ``p``) and every PRECODE bottleneck of ``model``: its noise read off the observed update for one sample
-    (:func:`bottleneck_noise`; exact, so held fixed), else optimised from 0, the mean."""
+    (:func:`bottleneck_noise`; held fixed where the reading is exact, :func:`exact_read`, else a start that is
+    optimised), else optimised from 0, the mean."""
     from gradinv.defenses.dropout import DroppedLinear
 
     masks, noises = {}, {}
@@ -305,9 +306,20 @@ def private_draws(
             read = None if observation is None or batch_size != 1 else bottleneck_noise(observation, name, m)
             if read is None:  # optimised from the mean
                 noises[name] = torch.zeros((batch_size, m.latent), device=device, requires_grad=True)
-            else:  # exact: held fixed (optimising it too lost 20 dB of iDLG at 16x16)
+            elif exact_read(observation):  # held fixed (optimising it too lost 20 dB of iDLG at 16x16)
                 noises[name] = read.to(device)
+            else:  # another defense or several local steps blur the reading: a start, optimised
+                noises[name] = read.to(device).requires_grad_(True)
     return PrivateDraws(masks, noises)
+
+
+def exact_read(observation: Observation | None) -> bool:
+    """Whether :func:`bottleneck_noise` is exact: one sample's own gradient (or one local step), PRECODE the only
+    defense (noise, clipping or pruning on the update would perturb the reading)."""
+    if observation is None:
+        return False
+    one_step = observation.threat.update == "gradient" or observation.threat.local_steps == 1
+    return one_step and [d.get("name") for d in observation.defenses] == ["precode"]
 
 
 def bottleneck_noise(observation: Observation, name: str, bottleneck: VariationalBottleneck) -> torch.Tensor | None:

@@ -79,3 +79,18 @@ def test_restarts_are_not_vectorised_past_the_bottlenecks_kl_term(precode) -> No
     assert vectorisable(
         gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0).eval(), precode[0].threat, None
     )
+
+
+def test_the_draw_is_held_fixed_only_where_its_reading_is_exact(precode) -> None:
+    from gradinv.attacks.adaptive import exact_read, private_draws
+
+    obs, images, labels = precode
+    model = attacker_model(obs)
+    assert exact_read(obs) and private_draws(model, 1, torch.device("cpu"), obs).parameters() == []
+    # noise on the update blurs the bias trick: the reading only starts the optimisation
+    chain = [gi.defenses.make("precode"), gi.defenses.make("noise", std=1e-3)]
+    noisy = gi.observe(
+        gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0), images, labels, defenses=chain
+    )
+    draws = private_draws(attacker_model(noisy), 1, torch.device("cpu"), noisy)
+    assert not exact_read(noisy) and len(draws.parameters()) == 1
