@@ -8,6 +8,7 @@ from gradinv.attacks import labels
 from gradinv.attacks.base import Attack, Callback, gradient_residual
 from gradinv.attacks.bias_trick import BiasTrick
 from gradinv.attacks.dlg import DLG
+from gradinv.attacks.gradinversion import GradInversion
 from gradinv.attacks.idlg import IDLG
 from gradinv.attacks.imprint import Imprint
 from gradinv.attacks.inverting_gradients import InvertingGradients
@@ -20,6 +21,7 @@ REGISTRY: dict[str, type[Attack]] = {
     "dlg": DLG,
     "idlg": IDLG,
     "inverting_gradients": InvertingGradients,
+    "gradinversion": GradInversion,
     "bias_trick": BiasTrick,
     "rgap": RGAP,
     "spear": SPEAR,
@@ -35,6 +37,11 @@ SUMMARY: dict[str, tuple[str, str, str]] = {
         "Geiping et al., NeurIPS 2020",
         "honest server, gradient or FedAvg update",
         "batch size; labels given or recovered (iDLG/LLG)",
+    ),
+    "gradinversion": (
+        "Yin et al., CVPR 2021 (See through Gradients)",
+        "honest server, gradient or FedAvg update, batches",
+        "batch size; labels given or recovered (Yin's rule); BatchNorm statistics (the batch's or running)",
     ),
     "bias_trick": (
         "Phong et al., IEEE TIFS 2018; Geiping et al. 2020 Prop. 3.1",
@@ -84,6 +91,7 @@ def make(name: str, **kwargs: Any) -> Attack:
 
 __all__ = [
     "DLG",
+    "GradInversion",
     "BiasTrick",
     "Imprint",
     "TrapWeights",

@@ -10,7 +10,7 @@ from gradinv.fl.client import compute_update, cross_entropy, denormalize, normal
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("secagg", "lightsecagg", "homomorphic", "aggregate"):
+    if name in ("secagg", "lightsecagg", "homomorphic", "aggregate", "vertical"):
         return importlib.import_module(f"gradinv.fl.{name}")
     raise AttributeError(f"module 'gradinv.fl' has no attribute {name!r}")
 
