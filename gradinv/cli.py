@@ -20,7 +20,7 @@ from gradinv import attacks, data, defenses, models
 from gradinv.attacks.base import Callback
 from gradinv.data import NORMALIZATIONS
 from gradinv.observation import ThreatModel
-from gradinv.pipeline import RunConfig, run
+from gradinv.pipeline import RunConfig, VerticalConfig, run, run_vertical
 
 app = typer.Typer(
     help="gradinv: gradient inversion attacks and defenses for federated learning.",
@@ -216,6 +216,46 @@ def attack(
         )
         with _progress() as factory, _removed_on_failure(out):
             record = run(config, out, overwrite=overwrite, progress=factory)
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
+        raise _fail(err) from err
+    _print_summary(record, out)
+
+
+@app.command("vertical")
+def vertical_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist or be empty)."),
+    dataset: str = typer.Option("mnist_subset", "--data", help="Dataset from `gradinv list`."),
+    root: str | None = typer.Option(None, help="Folder for cifar10, mnist and folder datasets."),
+    samples: int = typer.Option(40, help="Samples the parties hold (all of them are attacked)."),
+    size: int = typer.Option(16, help="Image height and width (a multiple of --parties)."),
+    channels: int = typer.Option(1, help="1 or 3 channels."),
+    parties: int = typer.Option(4, help="Parties, each holding a vertical strip of every image."),
+    batch_size: int = typer.Option(10, "--batch-size", "-b", help="Samples per training iteration."),
+    iterations: int | None = typer.Option(None, help="Training iterations observed (default 2 x samples)."),
+    lr: float = typer.Option(0.0, help="SGD step size of the training (0: the model stays fixed)."),
+    passes: int = typer.Option(6, help="CAFE's Step III sweeps over the record."),
+    seed: int = typer.Option(0, help="Seeds the data draw, the model and the batch order."),
+    device: str = typer.Option("cpu", help="Where CAFE's Step III computes: cpu, cuda, cuda:N or mps."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Vertical FL: train on every party's strip of the samples, attack the server's record with CAFE, report."""
+    config = VerticalConfig(
+        data=dataset,
+        root=root,
+        samples=samples,
+        size=size,
+        channels=channels,
+        parties=parties,
+        batch_size=batch_size,
+        iterations=iterations,
+        lr=lr,
+        passes=passes,
+        seed=seed,
+        device=device,
+    )
+    try:
+        with _removed_on_failure(out):
+            record = run_vertical(config, out, overwrite=overwrite)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
         raise _fail(err) from err
     _print_summary(record, out)

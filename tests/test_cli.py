@@ -17,7 +17,14 @@ def test_list_names_every_attack_model_and_dataset() -> None:
 
 
 def test_help_everywhere() -> None:
-    for args in (["--help"], ["attack", "--help"], ["audit", "--help"], ["demo", "--help"], ["list", "--help"]):
+    for args in (
+        ["--help"],
+        ["attack", "--help"],
+        ["audit", "--help"],
+        ["demo", "--help"],
+        ["list", "--help"],
+        ["vertical", "--help"],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage" in result.output
 
@@ -144,3 +151,19 @@ def test_mixup_draws_its_partners_from_the_clients_training_set(tmp_path) -> Non
     assert result.exit_code == 0, result.output
     record = json.loads((out / "metrics.json").read_text())
     assert record["defenses"][0]["pool"] == "dataset"  # a batch of 2 mixes with images of the training set
+
+
+def test_vertical_runs_cafe_and_writes_a_run_folder(tmp_path) -> None:
+    # Execute: 12 digits, 3 batches of 4 per epoch, 24 iterations on a fixed model
+    out = tmp_path / "vertical"
+    args = ["vertical", "--out", str(out), "--samples", "12", "--batch-size", "4", "--passes", "2"]
+    result = runner.invoke(app, args)
+    # Assert: both attacks ran on all 12 samples, the server's record is consistent with CAFE's answer
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "metrics.json").read_text())
+    assert set(record["attacks"]) == {"cafe", "cafe_no_alignment"} and record["batch_size"] == 12
+    assert record["iterations"] == 24 and record["training_batch_size"] == 4
+    assert (out / "report.html").exists() and (out / "reconstruction.png").exists()
+    assert record["attacks"]["cafe"]["scores"]["psnr"] > record["attacks"]["cafe_no_alignment"]["scores"]["psnr"]
+    bad = runner.invoke(app, ["vertical", "--out", str(tmp_path / "bad"), "--size", "15"])
+    assert bad.exit_code != 0 and "equal strips" in bad.output

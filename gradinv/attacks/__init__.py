@@ -8,6 +8,7 @@ from gradinv.attacks import labels
 from gradinv.attacks.base import Attack, Callback, gradient_residual
 from gradinv.attacks.bias_trick import BiasTrick
 from gradinv.attacks.dlg import DLG
+from gradinv.attacks.gias import GIAS
 from gradinv.attacks.gradinversion import GradInversion
 from gradinv.attacks.idlg import IDLG
 from gradinv.attacks.imprint import Imprint
@@ -22,6 +23,7 @@ REGISTRY: dict[str, type[Attack]] = {
     "idlg": IDLG,
     "inverting_gradients": InvertingGradients,
     "gradinversion": GradInversion,
+    "gias": GIAS,
     "bias_trick": BiasTrick,
     "rgap": RGAP,
     "spear": SPEAR,
@@ -42,6 +44,11 @@ SUMMARY: dict[str, tuple[str, str, str]] = {
         "Yin et al., CVPR 2021 (See through Gradients)",
         "honest server, gradient or FedAvg update, batches",
         "batch size; labels given or recovered (Yin's rule); BatchNorm statistics (the batch's or running)",
+    ),
+    "gias": (
+        "Jeon et al., NeurIPS 2021 (GIAS)",
+        "honest server, gradient or FedAvg update",
+        "batch size; a generator of the client's kind of images (shipped: digits16, or your own)",
     ),
     "bias_trick": (
         "Phong et al., IEEE TIFS 2018; Geiping et al. 2020 Prop. 3.1",
@@ -91,6 +98,7 @@ def make(name: str, **kwargs: Any) -> Attack:
 
 __all__ = [
     "DLG",
+    "GIAS",
     "GradInversion",
     "BiasTrick",
     "Imprint",

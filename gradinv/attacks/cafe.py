@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import functional_call
 
 from gradinv.attacks.objectives import euclidean_distance, total_variation
-from gradinv.fl.vertical import VerticalModel, VerticalObservation, strips
+from gradinv.fl.vertical import VerticalModel, VerticalObservation, record_residual, strips
 from gradinv.observation import Reconstruction
 from gradinv.validation import check_arguments, check_device, check_seed
 
@@ -125,6 +125,7 @@ class CAFE:
             seen[batch] = True
         return Reconstruction(
             images=images.cpu(),
+            residual=record_residual(observation, images.cpu()),
             labels=observation.labels.clone(),
             trace=trace,
             seconds=time.perf_counter() - start,

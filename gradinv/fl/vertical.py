@@ -178,3 +178,28 @@ def train_vertical(
         labels=labels,
         image_shape=(int(images.shape[1]), int(images.shape[2]), int(images.shape[3])),
     )
+
+
+def record_residual(observation: VerticalObservation, images: torch.Tensor) -> dict[str, float]:
+    """How well ``images`` (all ``N`` samples, in index order) reproduce the whole observed record: every iteration's
+    gradient recomputed at its replayed weights on its batch, all concatenated, against the observed ones:
+    ``{"cosine": ..., "rel_l2": ||u' - u|| / ||u||}``. Needs no ground truth."""
+    model = observation.model
+    names = [n for n, _ in model.named_parameters()]
+    device = images.device
+    dot = sq_trial = sq_true = sq_diff = 0.0
+    for weights, batch, observed in zip(observation.weights(), observation.batches, observation.gradients, strict=True):
+        params = {k: w.to(device).requires_grad_(True) for k, w in weights.items()}
+        loss = nn.functional.cross_entropy(
+            functional_call(model, params, (images[batch.to(device)],)), observation.labels[batch].to(device)
+        )
+        grads = torch.autograd.grad(loss, [params[k] for k in names])
+        for k, g in zip(names, grads, strict=True):
+            u = observed[k].to(device)
+            dot += float((g * u).sum())
+            sq_trial, sq_true, sq_diff = (
+                sq_trial + float(g.pow(2).sum()),
+                sq_true + float(u.pow(2).sum()),
+                sq_diff + float((g - u).pow(2).sum()),
+            )
+    return {"cosine": dot / max((sq_trial * sq_true) ** 0.5, 1e-30), "rel_l2": (sq_diff / max(sq_true, 1e-30)) ** 0.5}

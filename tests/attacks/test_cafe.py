@@ -6,7 +6,7 @@ import torch
 
 import gradinv as gi
 from gradinv.attacks.cafe import CAFE, adam_rows, membership, recover_loss_gradients
-from gradinv.fl.vertical import VerticalModel, VerticalObservation, strips, train_vertical
+from gradinv.fl.vertical import VerticalModel, VerticalObservation, record_residual, strips, train_vertical
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,9 @@ def test_adam_on_rows_is_adam_for_each_row() -> None:
     # Assert
     for i in range(3):
         assert torch.allclose(x[i], rows[i].detach(), atol=1e-6)
+
+
+def test_the_record_residual_is_zero_for_the_truth_only(fixed_run: tuple) -> None:
+    obs, images, _, _ = fixed_run
+    assert record_residual(obs, images)["rel_l2"] < 1e-5
+    assert record_residual(obs, images.flip(0))["rel_l2"] > 0.1

@@ -6,15 +6,18 @@ import pytest
 import torch
 
 import gradinv as gi
+from gradinv.models.generator import Decoder
 
 QUICK = {"steps": 3}
+# GIAS needs a generator of the conformance images (3x16x16); an untrained decoder serves for the contract
+EXTRA: dict[str, dict[str, object]] = {"gias": {"generator": Decoder(latent=8, channels=3, size=16), "restarts": 1}}
 # Exact attacks need their structure: a fully connected first layer (bias trick); malicious ones modify the model.
 MODEL_FOR = {name: ("mlp", {"hidden": (64,)}) for name in ("bias_trick", "trap_weights", "spear")}
 
 
 def _options(name: str, **extra: object) -> dict:
     accepted = inspect.signature(gi.attacks.REGISTRY[name].__init__).parameters
-    return {k: v for k, v in {**QUICK, **extra}.items() if k in accepted}
+    return {k: v for k, v in {**QUICK, **EXTRA.get(name, {}), **extra}.items() if k in accepted}
 
 
 def _malicious(name: str) -> bool:

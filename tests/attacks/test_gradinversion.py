@@ -143,7 +143,9 @@ def test_objective_is_the_papers_sum_and_vanishes_on_the_truth() -> None:
         * float((m - obs.bn_stats[k][0]).norm().detach() + (v - obs.bn_stats[k][1]).norm().detach())
         for i, (k, (m, v)) in enumerate(recorder.stats.items())
     )
-    expected = 1e-4 / 2 * distance + 0.1 * bn + 1e-2 * float(total_variation(y)) + 1e-3 * float(y.norm())
+    expected = (
+        1e-4 / 2 * distance + 0.1 * bn + 1e-2 * float(total_variation(y).detach()) + 1e-3 * float(y.norm().detach())
+    )
     assert float(elsewhere.detach()) == pytest.approx(expected, rel=1e-4)
     assert 1e-4 / 2 * distance > 1e-3 and bn > 1e-3
 
