@@ -32,14 +32,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--passes", type=int, default=6)
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.0, 0.01, 0.1])
+    parser.add_argument(
+        "--noises", type=float, nargs="*", default=[], help="Gaussian noise std on the parties' gradients"
+    )
     args = parser.parse_args()
     images, labels = gi.data.load("mnist_subset", n=args.samples, size=args.size, channels=1, seed=0)
     model = VerticalModel(image_shape=(1, args.size, args.size), parties=4, seed=0)
     print(f"{args.samples} digits {args.size}x{args.size}, batch {args.batch}, {2 * args.samples} iterations")
-    print(f"{'lr':>6} {'attack':<22}{'min':>7}{'median':>8}{'mean':>7}{'>30 dB':>8}{'seconds':>9}")
-    for lr in args.lrs:
+    print(f"{'lr':>6} {'noise':>6} {'attack':<22}{'min':>7}{'median':>8}{'mean':>7}{'>30 dB':>8}{'seconds':>9}")
+    settings = [(lr, 0.0) for lr in args.lrs] + [(0.0, noise) for noise in args.noises]
+    for lr, noise in settings:
+        iterations = 2 * args.samples
         record = train_vertical(
-            model, images, labels, batch_size=args.batch, iterations=2 * args.samples, lr=lr, seed=0
+            model, images, labels, batch_size=args.batch, iterations=iterations, lr=lr, noise_std=noise, seed=0
         )
         for name, alignment in [("CAFE", 1.0), ("gradient matching", 0.0)]:
             start = time.perf_counter()
@@ -48,8 +53,8 @@ def main() -> None:
             psnr = gi.metrics.psnr(rec.images, images).double()
             above = float((psnr > 30).double().mean())
             print(
-                f"{lr:>6g} {name:<22}{float(psnr.min()):7.1f}{float(psnr.median()):8.1f}{float(psnr.mean()):7.1f}"
-                f"{above:8.2f}{seconds:9.1f}",
+                f"{lr:>6g} {noise:>6g} {name:<22}{float(psnr.min()):7.1f}{float(psnr.median()):8.1f}"
+                f"{float(psnr.mean()):7.1f}{above:8.2f}{seconds:9.1f}",
                 flush=True,
             )
 

@@ -139,24 +139,29 @@ def train_vertical(
     batch_size: int,
     iterations: int,
     lr: float = 0.0,
+    noise_std: float = 0.0,
     seed: int = 0,
 ) -> VerticalObservation:
     """Run vertical FL training on ``(images, labels)`` and return what the server observed.
 
     Each epoch visits the samples in a fresh random order (``seed``) in batches of ``batch_size``; each iteration's
-    gradient of the batch's mean cross-entropy is recorded and applied by SGD at ``lr`` (0: the model stays at its
-    initial weights). ``model`` itself is not changed.
+    gradient of the batch's mean cross-entropy is sent, with Gaussian noise of std ``noise_std`` added to every entry
+    by the parties (a defense; 0: none), recorded, and applied by SGD at ``lr`` (0: the model stays at its initial
+    weights). ``model`` itself is not changed.
     """
     images = check_images(images)
     labels = check_labels(labels, images.shape[0], model.num_classes)
     check_positive_int("batch_size", batch_size, allow_none=False)
     check_positive_int("iterations", iterations, allow_none=False)
     check_seed("seed", seed)
-    if batch_size > images.shape[0] or lr < 0:
-        raise ValueError(f"batch_size must be <= {images.shape[0]} samples and lr >= 0, got {batch_size}, {lr}")
+    if batch_size > images.shape[0] or lr < 0 or noise_std < 0:
+        raise ValueError(
+            f"batch_size must be <= {images.shape[0]}, lr and noise_std >= 0; got {batch_size}, {lr}, {noise_std}"
+        )
     initial = copy.deepcopy(model)
     working = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
+    noise = torch.Generator().manual_seed(seed + 1)  # its own stream: the batch order does not depend on the noise
     order: list[int] = []
     batches, gradients = [], []
     for _ in range(iterations):
@@ -164,7 +169,10 @@ def train_vertical(
             order = torch.randperm(images.shape[0], generator=generator).tolist()
         batch, order = torch.tensor(order[:batch_size]), order[batch_size:]
         loss = nn.functional.cross_entropy(working(images[batch]), labels[batch])
-        grads = torch.autograd.grad(loss, list(working.parameters()))
+        grads = [
+            g + noise_std * torch.randn(g.shape, generator=noise) if noise_std else g
+            for g in torch.autograd.grad(loss, list(working.parameters()))
+        ]
         gradients.append({n: g.detach().clone() for (n, _), g in zip(working.named_parameters(), grads, strict=True)})
         batches.append(batch)
         with torch.no_grad():

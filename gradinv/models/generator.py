@@ -98,7 +98,7 @@ def train_vae(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * x.shape[0]
+            total += float(loss.detach()) * x.shape[0]
         if progress is not None:
             progress(epoch + 1, epochs, total / images.shape[0])
     return decoder.eval()

@@ -54,11 +54,26 @@ def test_training_record_replays_every_gradient() -> None:
     assert torch.equal(dict(model.named_parameters())["top.1.weight"], weights[0]["top.1.weight"])
 
 
+def test_noise_is_added_to_what_the_parties_send() -> None:
+    # Prepare
+    images, labels = _digits()
+    model = VerticalModel(image_shape=(1, 16, 16), parties=4, seed=0)
+    # Execute: the same run without and with noise of std 0.01
+    clean = train_vertical(model, images, labels, batch_size=4, iterations=3, seed=2)
+    noisy = train_vertical(model, images, labels, batch_size=4, iterations=3, noise_std=0.01, seed=2)
+    # Assert: the same batches; every recorded entry moved by noise of that std
+    assert all(torch.equal(a, b) for a, b in zip(clean.batches, noisy.batches, strict=True))
+    diff = torch.cat([(noisy.gradients[t][k] - g).flatten() for t in range(3) for k, g in clean.gradients[t].items()])
+    assert float(diff.std()) == pytest.approx(0.01, rel=0.05) and abs(float(diff.mean())) < 1e-3
+
+
 def test_vertical_inputs_are_checked() -> None:
     images, labels = _digits()
     model = VerticalModel(image_shape=(1, 16, 16), parties=4, seed=0)
     with pytest.raises(ValueError, match="batch_size"):
         train_vertical(model, images, labels, batch_size=13, iterations=1)
+    with pytest.raises(ValueError, match="noise_std"):
+        train_vertical(model, images, labels, batch_size=4, iterations=1, noise_std=-1.0)
     obs = train_vertical(model, images, labels, batch_size=4, iterations=1)
     with pytest.raises(ValueError, match="sample indices"):
         VerticalObservation(obs.model, 0.0, [torch.tensor([0, 12])], obs.gradients, labels, (1, 16, 16))
