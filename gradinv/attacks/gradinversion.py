@@ -127,8 +127,8 @@ class GradInversion(Attack):
 
     Yin et al. released no code. The weights are breaching's reading of the paper (its ``seethroughgradients``
     configuration: squared Euclidean gradient distance at scale 1e-4, TV 1e-4, l2 1e-6, BN 0.1, Adam 0.1, 50
-    warm-up steps, cosine decay, 20,000 steps; breaching leaves the group term out), the group weight 0.01 the
-    paper's as breaching quotes it, the consensus schedule Jeon et al.'s re-implementation (GIAS, NeurIPS 2021:
+    warm-up steps, cosine decay, 20,000 steps; breaching leaves the group term out, its entry commented out at
+    0.01, the group weight here), the consensus schedule Jeon et al.'s re-implementation (GIAS, NeurIPS 2021:
     from step 500 of 4,800, every 100 steps); Langevin noise 0.2 as breaching quotes the paper (breaching runs
     0.01). The registration is rigid (:func:`register`), not RANSAC-flow.
 
