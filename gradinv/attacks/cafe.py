@@ -24,7 +24,7 @@ def membership(batches: list[torch.Tensor], n: int) -> torch.Tensor:
 
 
 def recover_loss_gradients(a: torch.Tensor, bias_gradients: torch.Tensor) -> torch.Tensor:
-    """CAFE's Step I (Jin et al., Sec. 4.1, Eq. 7): each sample's ``dL/dZ`` at the first fully connected layer.
+    """CAFE's Step I (Jin et al.): each sample's ``dL/dZ`` at the first fully connected layer.
 
     Every iteration's bias gradient is its batch's mean: ``grad_b_t = sum_i A[t, i] V_i``. CAFE fits ``V (N, E)`` to
     all observed iterations by gradient descent on ``sum_t ||A_t V - grad_b_t||^2``; here its minimiser is computed
@@ -34,7 +34,7 @@ def recover_loss_gradients(a: torch.Tensor, bias_gradients: torch.Tensor) -> tor
 
 
 def recover_layer_inputs(a: torch.Tensor, v: torch.Tensor, weight_gradients: torch.Tensor) -> torch.Tensor:
-    """CAFE's Step II (Sec. 4.2, Eq. 8): each sample's input ``H_i`` to the first fully connected layer.
+    """CAFE's Step II: each sample's input ``H_i`` to the first fully connected layer.
 
     ``grad_W_t = sum_i A[t, i] V_i H_i^T`` is linear in ``H (N, F)`` given ``V (N, E)`` (Step I): row ``(t, e)`` of the
     design is ``A[t, i] V[i, e]``. Least squares over all iterations (CAFE descends on the same squared residual).
@@ -67,7 +67,7 @@ def adam_rows(
 
 
 class CAFE:
-    """CAFE (Jin et al., NeurIPS 2021, Algorithm 2): the whole training set from a vertical FL run's gradients.
+    """CAFE (Jin et al., NeurIPS 2021): the whole training set from a vertical FL run's gradients.
 
     The server knows each iteration's batch indices, so it keeps one fake sample per real one and improves the rows
     of each observed batch. Step I recovers every sample's ``dL/dZ`` at each party's first fully connected layer

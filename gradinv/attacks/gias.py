@@ -18,7 +18,7 @@ from gradinv.validation import check_arguments, check_positive_int, check_seed
 
 
 class GIAS(Attack):
-    """GIAS (Jeon et al., NeurIPS 2021, Sec. 3, Algorithm 1): gradient matching through a generator ``G``.
+    """GIAS (Jeon et al., NeurIPS 2021): gradient matching through a generator ``G``.
 
     Stage 1, latent search: ``min_z d(g(G(z), y), g) + alpha_TV TV(G(z))`` over one latent per image, from
     ``restarts`` random starts (the best by gradient distance kept). Stage 2, parameter search (GIAS proper): each
@@ -28,7 +28,8 @@ class GIAS(Attack):
     paper's code (``cost_fn="sim"``); Adam with the step decayed by 10 at 3/8, 5/8 and 7/8 of each stage (the code's
     schedule). ``parameter_fraction=0`` is the latent search alone (Jeon et al.'s "GI-z"; GGL's search space).
 
-    Defaults at this library's CPU scale: the paper runs several thousand steps per stage on StyleGAN2/DCGAN priors.
+    Defaults at this library's CPU scale: the paper's code defaults to 4,800 steps per stage, on StyleGAN2/DCGAN
+    priors.
 
     Args:
         generator: a shipped generator's name (``gi.models.generator.SHIPPED``) or any ``nn.Module`` mapping
@@ -82,9 +83,8 @@ class GIAS(Attack):
         shape = latent_shape or getattr(module, "latent_shape", None)
         if shape is None:
             raise ValueError("the generator carries no latent_shape: pass latent_shape=(...)")
-        self._generator, self._latent_shape = module, tuple(int(s) for s in shape)
+        self._generator, self.latent_shape = module, tuple(int(s) for s in shape)
         self.generator = generator if isinstance(generator, str) else f"custom {type(generator).__name__}"
-        self.latent_shape = self._latent_shape
         self.steps, self.parameter_fraction, self.lr, self.generator_lr = steps, parameter_fraction, lr, generator_lr
         self._parameter_steps = int(round(steps * parameter_fraction))
         self._latent_steps = steps - self._parameter_steps
@@ -101,7 +101,7 @@ class GIAS(Attack):
             label_source = self.label_strategy
         labels = labels.to(device)
         generator = copy.deepcopy(self._generator).to(device).eval().requires_grad_(False)
-        probe = generator(torch.zeros((1, *self._latent_shape), device=device))
+        probe = generator(torch.zeros((1, *self.latent_shape), device=device))
         if tuple(probe.shape[1:]) != tuple(observation.image_shape):
             raise ValueError(
                 f"the generator makes {tuple(probe.shape[1:])} images, the model takes {observation.image_shape}"
@@ -136,7 +136,7 @@ class GIAS(Attack):
         """Stage 1: every restart's latents in lockstep; the restart of lowest final gradient distance is kept."""
         rng = torch.Generator().manual_seed(self.seed)  # on the CPU: the same starts on every device
         latents = [
-            torch.randn((n, *self._latent_shape), generator=rng).to(device).requires_grad_(True)
+            torch.randn((n, *self.latent_shape), generator=rng).to(device).requires_grad_(True)
             for _ in range(self.restarts)
         ]
         optimizer = torch.optim.Adam(latents, lr=self.lr)

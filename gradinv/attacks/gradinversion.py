@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -9,7 +10,13 @@ import torch.nn.functional as F
 
 from gradinv.attacks import labels as label_recovery
 from gradinv.attacks.base import Attack, Callback, Result, attacker_device, attacker_model, target_update
-from gradinv.attacks.objectives import BatchNormInputs, euclidean_distance, running_statistics, total_variation
+from gradinv.attacks.objectives import (
+    BatchNormInputs,
+    batchnorm_matching,
+    euclidean_distance,
+    running_statistics,
+    total_variation,
+)
 from gradinv.fl.client import compute_update, denormalize, normalize
 from gradinv.observation import Observation, ThreatModel
 from gradinv.validation import check_arguments, check_positive_int, check_seed
@@ -95,22 +102,8 @@ def learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def batchnorm_prior(trial: Stats, target: Stats, first_multiplier: float) -> torch.Tensor:
-    """GradInversion's ``R_BN`` (Yin et al., Eq. 7), the first BatchNorm layer weighted ``first_multiplier`` as
-    DeepInversion (Yin et al., CVPR 2020) and breaching weight it: ``sum_l m_l (||mu_l(x) - mu_l|| +
-    ||sigma^2_l(x) - sigma^2_l||)``."""
-    if not trial:
-        raise ValueError("GradInversion's BatchNorm prior needs a model with BatchNorm layers")
-    terms = [
-        (first_multiplier if i == 0 else 1.0)
-        * (torch.linalg.vector_norm(mean - target[name][0]) + torch.linalg.vector_norm(var - target[name][1]))
-        for i, (name, (mean, var)) in enumerate(trial.items())
-    ]
-    return torch.stack(terms).sum()
-
-
 class GradInversion(Attack):
-    """GradInversion (Yin et al., CVPR 2021, "See through Gradients", Sec. 3, Eqs. 3-8).
+    """GradInversion (Yin et al., CVPR 2021, "See through Gradients", Sec. 3).
 
     ``G`` seeds optimise the batch in parallel, each minimising
 
@@ -118,11 +111,12 @@ class GradInversion(Attack):
         + alpha_group ||x_g - E||_2``
 
     with the labels ``y`` recovered by Yin et al.'s batch rule (Sec. 3.2) unless granted, ``R_BN`` the BatchNorm
-    prior (Eq. 7: the client batch's statistics when the threat model grants them, else the broadcast model's
-    running statistics) and ``E`` the group consensus (Sec. 3.3, :func:`consensus`: the mean of the seeds'
-    registered reconstructions), recomputed every ``consensus_every`` steps from ``consensus_start`` of the run
-    on. Adam, linear warm-up then cosine decay, Langevin noise ``langevin * lr_t * N(0, I)`` added after each step
-    (Sec. 4), the pixels kept in the box. The result is the consensus (``output="consensus"``) or the seed of
+    prior (:func:`~gradinv.attacks.objectives.batchnorm_matching`, the first layer weighted ``first_bn_multiplier``
+    as DeepInversion and breaching weight it: the client batch's statistics when the threat model grants them, else
+    the broadcast model's running statistics) and ``E`` the group consensus (Sec. 3.3, :func:`consensus`: the mean
+    of the seeds' registered reconstructions), recomputed every ``consensus_every`` steps from ``consensus_start``
+    of the run on. Adam, linear warm-up then cosine decay, Langevin noise ``langevin * lr_t * N(0, I)`` added after
+    each step, the pixels kept in the box. The result is the consensus (``output="consensus"``) or the seed of
     lowest gradient loss (``"best"``).
 
     Yin et al. released no code. The weights are breaching's reading of the paper (its ``seethroughgradients``
@@ -255,13 +249,13 @@ class GradInversion(Attack):
         anchor: torch.Tensor | None,
     ) -> torch.Tensor:
         """One seed's objective (the class docstring's sum), differentiable w.r.t. ``x``."""
-        recorder = BatchNormInputs(model)
-        with recorder:
+        recorder = None if bn_target is None else BatchNormInputs(model)
+        with recorder or contextlib.nullcontext():
             update = compute_update(model, x, labels, threat, create_graph=True)
         loss = self.grad_scale * 0.5 * euclidean_distance(update, target)
         loss = loss + self.tv * total_variation(x) + self.l2 * torch.linalg.vector_norm(x)
-        if bn_target is not None:
-            loss = loss + self.bn_reg * batchnorm_prior(recorder.stats, bn_target, self.first_bn_multiplier)
+        if recorder is not None and bn_target is not None:
+            loss = loss + self.bn_reg * batchnorm_matching(recorder.stats, bn_target, self.first_bn_multiplier)
         if anchor is not None:
             loss = loss + self.group * torch.linalg.vector_norm(x - anchor)
         return loss

@@ -77,19 +77,22 @@ class BatchNormInputs:
 def batchnorm_matching(
     trial: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
     target: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    first_multiplier: float = 1.0,
 ) -> torch.Tensor:
     """GradInversion's BatchNorm prior (Yin et al., CVPR 2021, Eq. 7; Huang et al. 2021's ``bn_reg`` term).
 
     ``R_BN = sum_l ||mu_l(x) - mu_l||_2 + ||sigma^2_l(x) - sigma^2_l||_2`` over the BatchNorm layers ``l`` of
     ``trial``. ``target`` holds the statistics the attacker matches: the client batch's own (when the threat model
-    grants them) or the model's running ones.
+    grants them) or the model's running ones. ``first_multiplier`` weights the first layer's term (DeepInversion's
+    and breaching's 10, which GradInversion inherits; 1: Huang et al.'s plain sum).
     """
     missing = sorted(set(trial) - set(target))
     if missing:
         raise ValueError(f"no target BatchNorm statistics for layers {missing}")
     terms = [
-        torch.linalg.vector_norm(mean - target[name][0]) + torch.linalg.vector_norm(var - target[name][1])
-        for name, (mean, var) in trial.items()
+        (first_multiplier if i == 0 else 1.0)
+        * (torch.linalg.vector_norm(mean - target[name][0]) + torch.linalg.vector_norm(var - target[name][1]))
+        for i, (name, (mean, var)) in enumerate(trial.items())
     ]
     if not terms:
         raise ValueError("the model has no BatchNorm layers to match")

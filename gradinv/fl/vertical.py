@@ -1,4 +1,4 @@
-"""Vertical federated learning, as CAFE (Jin et al., NeurIPS 2021, Sec. 3) sets it up, and what its server sees.
+"""Vertical federated learning, as CAFE (Jin et al., NeurIPS 2021) sets it up, and what its server sees.
 
 ``M`` parties hold different features of the same ``N`` samples: here each holds a vertical strip of every image
 (columns ``[m W / M, (m + 1) W / M)``). Each party's bottom model maps its strip through a convolution and a first

@@ -10,13 +10,12 @@ import gradinv as gi
 from gradinv.attacks.base import attacker_model, target_update
 from gradinv.attacks.gradinversion import (
     GradInversion,
-    batchnorm_prior,
     consensus,
     learning_rate,
     register,
     shifted_windows,
 )
-from gradinv.attacks.objectives import BatchNormInputs, total_variation
+from gradinv.attacks.objectives import BatchNormInputs, batchnorm_matching, total_variation
 from gradinv.fl.client import normalize
 
 
@@ -100,9 +99,9 @@ def test_batchnorm_prior_weights_the_first_layer() -> None:
     target = {"a": (torch.zeros(2), torch.ones(2)), "b": (torch.zeros(3), torch.ones(3))}
     trial = {"a": (torch.tensor([3.0, 4.0]), torch.ones(2)), "b": (torch.zeros(3), torch.tensor([1.0, 1.0, 3.0]))}
     # Execute / Assert: 10 * (5 + 0) + (0 + 2)
-    assert float(batchnorm_prior(trial, target, 10.0)) == pytest.approx(52.0)
+    assert float(batchnorm_matching(trial, target, 10.0)) == pytest.approx(52.0)
     with pytest.raises(ValueError, match="BatchNorm"):
-        batchnorm_prior({}, target, 10.0)
+        batchnorm_matching({}, target, 10.0)
 
 
 def _observation(n: int = 2, size: int = 16) -> tuple[gi.Observation, torch.Tensor, torch.Tensor]:
