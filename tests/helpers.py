@@ -11,3 +11,22 @@ def tiny_mlp(image_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int =
     torch.manual_seed(seed)
     c, h, w = image_shape
     return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def rank_mod(matrix: object, modulus: int) -> int:
+    """The rank over the prime field ``F_modulus`` (Gauss-Jordan on Python integers)."""
+    rows = [[int(v) % modulus for v in row] for row in matrix]  # type: ignore[attr-defined]
+    rank, cols = 0, len(rows[0])
+    for c in range(cols):
+        pivot = next((r for r in range(rank, len(rows)) if rows[r][c]), None)
+        if pivot is None:
+            continue
+        rows[rank], rows[pivot] = rows[pivot], rows[rank]
+        inv = pow(rows[rank][c], -1, modulus)
+        rows[rank] = [v * inv % modulus for v in rows[rank]]
+        for r in range(len(rows)):
+            if r != rank and rows[r][c]:
+                f = rows[r][c]
+                rows[r] = [(a - f * b) % modulus for a, b in zip(rows[r], rows[rank], strict=True)]
+        rank += 1
+    return rank

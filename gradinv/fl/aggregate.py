@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from gradinv.defenses.base import Defense
+from gradinv.fl.fastsecagg import fast_secure_sum
 from gradinv.fl.homomorphic import encrypted_sum
 from gradinv.fl.lightsecagg import light_secure_sum
 from gradinv.fl.secagg import secure_sum
@@ -20,6 +21,11 @@ from gradinv.observation import Observation, ThreatModel
 PROTOCOLS: dict[str, tuple[Callable[..., tuple[np.ndarray, Any]], str]] = {
     "secagg": (secure_sum, "Bonawitz et al. CCS 2017 (pairwise masks, X25519, AES-CTR PRG, Shamir t-of-n), in process"),
     "lightsecagg": (light_secure_sum, "So et al. MLSys 2022 (Lagrange-coded masks over F_q, one-shot recovery)"),
+    "fastsecagg": (
+        fast_secure_sum,
+        "Kadhe et al. 2020 (FastShare: DFT of zero-padded secrets and masks over F_q, peeling decoder; any T "
+        "colluding clients learn nothing)",
+    ),
     "homomorphic": (
         encrypted_sum,
         "Aono et al. 2018 with CKKS (TenSEAL): the server adds ciphertexts and cannot decrypt; the observation is the "
@@ -37,6 +43,10 @@ MALICIOUS = {
     "lightsecagg": (
         'lightsecagg here is the semi-honest protocol; a malicious server (server="malicious") can claim every other '
         "client dropped and decode one client's model: not modelled"
+    ),
+    "fastsecagg": (
+        "fastsecagg here is the honest-but-curious protocol of Kadhe et al.; a malicious server "
+        '(server="malicious") can claim every other client dropped before sharing: not modelled'
     ),
     "homomorphic": (
         "homomorphic aggregation here follows Aono et al.'s honest-but-curious model; a malicious server "
@@ -76,11 +86,11 @@ def observe_aggregate(
 
     Each client computes its update as :func:`gradinv.observe` does (with ``defenses``, seed ``seed + i``); the
     vectors then go through ``protocol`` (``"secagg"``: :func:`gradinv.fl.secagg.secure_sum`; ``"lightsecagg"``:
-    :func:`gradinv.fl.lightsecagg.light_secure_sum`; ``"homomorphic"``: :func:`gradinv.fl.homomorphic.encrypted_sum`,
-    where the server itself holds only ciphertexts and the observation is what a key-holding client decrypts) with
-    ``options`` (threshold, dropped clients, ...). With equal
-    batch sizes the mean of FedSGD gradients is the gradient of the union batch, so any attack can be run on it; the
-    observation's batch size (if granted) is the survivors' total, and no BatchNorm statistics are granted.
+    :func:`gradinv.fl.lightsecagg.light_secure_sum`; ``"fastsecagg"``: :func:`gradinv.fl.fastsecagg.fast_secure_sum`;
+    ``"homomorphic"``: :func:`gradinv.fl.homomorphic.encrypted_sum`, where the server itself holds only ciphertexts
+    and the observation is what a key-holding client decrypts) with ``options`` (threshold, dropped clients, ...).
+    With equal batch sizes the mean of FedSGD gradients is the gradient of the union batch, so any attack can be run
+    on it; the observation's batch size (if granted) is the survivors' total, and no BatchNorm statistics are granted.
     """
     from gradinv.fl.client import observe
 

@@ -26,6 +26,7 @@ through the server, which never reads them).
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 from collections.abc import Sequence
@@ -45,38 +46,46 @@ def uniform(length: int) -> np.ndarray:
     return prg(secrets.token_bytes(32), length) % np.uint64(Q)
 
 
-def to_field(vector: np.ndarray, scale_bits: int) -> np.ndarray:
-    """float -> ``F_q``: ``round(x * 2^scale_bits) mod q`` (negative values wrap to ``q - |v|``)."""
-    return np.mod(np.round(np.asarray(vector, dtype=np.float64) * 2.0**scale_bits).astype(np.int64), Q).astype(
+def to_field(vector: np.ndarray, scale_bits: int, modulus: int = Q) -> np.ndarray:
+    """float -> ``F_modulus``: ``round(x * 2^scale_bits) mod q`` (negative values wrap to ``q - |v|``)."""
+    return np.mod(np.round(np.asarray(vector, dtype=np.float64) * 2.0**scale_bits).astype(np.int64), modulus).astype(
         np.uint64
     )
 
 
-def from_field(vector: np.ndarray, scale_bits: int) -> np.ndarray:
-    """``F_q`` -> float, reading elements above ``q / 2`` as negative."""
+def from_field(vector: np.ndarray, scale_bits: int, modulus: int = Q) -> np.ndarray:
+    """``F_modulus`` -> float, reading elements above ``q / 2`` as negative."""
     signed = vector.astype(np.int64)
-    signed = np.where(signed > Q // 2, signed - Q, signed)
+    signed = np.where(signed > modulus // 2, signed - modulus, signed)
     return signed.astype(np.float64) / 2.0**scale_bits
 
 
-def lagrange_matrix(targets: Sequence[int], sources: Sequence[int]) -> np.ndarray:
-    """``M[a, b] = prod_{m != b} (targets[a] - sources[m]) / (sources[b] - sources[m])`` over ``F_q``: multiplying
-    the values of a polynomial of degree ``< len(sources)`` at ``sources`` gives its values at ``targets``."""
+def lagrange_matrix(targets: Sequence[int], sources: Sequence[int], modulus: int = Q) -> np.ndarray:
+    """``M[a, b] = prod_{m != b} (targets[a] - sources[m]) / (sources[b] - sources[m])`` over ``F_modulus``:
+    multiplying the values of a polynomial of degree ``< len(sources)`` at ``sources`` gives its values at
+    ``targets``. Cached (read-only): every client of a round uses the same points."""
+    return _lagrange(tuple(int(t) for t in targets), tuple(int(s) for s in sources), int(modulus))
+
+
+@functools.lru_cache(maxsize=256)
+def _lagrange(targets: tuple[int, ...], sources: tuple[int, ...], modulus: int) -> np.ndarray:
     out = np.zeros((len(targets), len(sources)), dtype=np.uint64)
     for a, t in enumerate(targets):
         for b, s in enumerate(sources):
             num, den = 1, 1
             for m, sm in enumerate(sources):
                 if m != b:
-                    num = num * (t - sm) % Q
-                    den = den * (s - sm) % Q
-            out[a, b] = num * pow(den, -1, Q) % Q
+                    num = num * (t - sm) % modulus
+                    den = den * (s - sm) % modulus
+            out[a, b] = num * pow(den, -1, modulus) % modulus
+    out.setflags(write=False)
     return out
 
 
-def apply_matrix(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``matrix @ rows`` over ``F_q`` for ``(A, B)`` and ``(B, L)`` uint64 arrays (every product fits in 64 bits)."""
-    q = np.uint64(Q)
+def apply_matrix(matrix: np.ndarray, rows: np.ndarray, modulus: int = Q) -> np.ndarray:
+    """``matrix @ rows`` over ``F_modulus`` for ``(A, B)`` and ``(B, L)`` uint64 arrays (``modulus < 2^32``: every
+    product fits in 64 bits)."""
+    q = np.uint64(modulus)
     out = np.zeros((matrix.shape[0], rows.shape[1]), dtype=np.uint64)
     for b in range(matrix.shape[1]):
         out = (out + (matrix[:, b : b + 1] * rows[b : b + 1]) % q) % q

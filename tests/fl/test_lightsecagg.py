@@ -19,6 +19,7 @@ from gradinv.fl.lightsecagg import (
     to_field,
     uniform,
 )
+from tests.helpers import rank_mod
 
 
 @pytest.mark.parametrize(
@@ -55,24 +56,6 @@ def test_lagrange_code_reconstructs_from_any_needed_evaluations() -> None:
     assert np.array_equal(decode_aggregate_mask(responses, 2, points), sum(masks) % np.uint64(Q))
 
 
-def _rank_mod_q(matrix: np.ndarray) -> int:
-    rows = [[int(v) for v in row] for row in matrix]
-    rank, cols = 0, len(rows[0])
-    for c in range(cols):
-        pivot = next((r for r in range(rank, len(rows)) if rows[r][c] % Q), None)
-        if pivot is None:
-            continue
-        rows[rank], rows[pivot] = rows[pivot], rows[rank]
-        inv = pow(rows[rank][c], -1, Q)
-        rows[rank] = [v * inv % Q for v in rows[rank]]
-        for r in range(len(rows)):
-            if r != rank and rows[r][c]:
-                f = rows[r][c]
-                rows[r] = [(a - f * b) % Q for a, b in zip(rows[r], rows[rank], strict=True)]
-        rank += 1
-    return rank
-
-
 def test_any_t_colluding_clients_learn_nothing_about_a_mask() -> None:
     # Theorem 1: the T colluders' shares are the noise pieces through an invertible T x T map plus a function of the
     # mask, so every mask is equally consistent with what they hold (the map from noise to their shares has rank T).
@@ -80,10 +63,10 @@ def test_any_t_colluding_clients_learn_nothing_about_a_mask() -> None:
     points = Points.make(n, needed)
     code = lagrange_matrix(points.alphas, points.betas)
     for colluders in itertools.combinations(range(n), privacy):
-        assert _rank_mod_q(code[list(colluders)][:, needed - privacy :]) == privacy
+        assert rank_mod(code[list(colluders)][:, needed - privacy :], Q) == privacy
     # but T + 1 colluders outnumber the noise pieces: their shares pin down part of the mask
     for colluders in itertools.combinations(range(n), privacy + 1):
-        assert _rank_mod_q(code[list(colluders)][:, needed - privacy :]) == privacy < privacy + 1
+        assert rank_mod(code[list(colluders)][:, needed - privacy :], Q) == privacy < privacy + 1
 
 
 def test_a_masked_model_is_uniform_noise() -> None:

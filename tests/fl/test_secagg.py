@@ -134,7 +134,12 @@ def test_a_malicious_server_is_refused_with_the_reason() -> None:
     images, labels = gi.data.load("skimage", n=2, size=8, seed=0)
     model = gi.models.make("mlp", image_shape=(3, 8, 8), hidden=(8,), seed=0)
     clients = [(images[i : i + 1], labels[i : i + 1]) for i in range(2)]
-    for protocol, word in (("secagg", "consistency check"), ("lightsecagg", "semi-honest"), ("homomorphic", "Aono")):
+    for protocol, word in (
+        ("secagg", "consistency check"),
+        ("lightsecagg", "semi-honest"),
+        ("fastsecagg", "Kadhe"),
+        ("homomorphic", "Aono"),
+    ):
         with pytest.raises(ValueError, match=word):
             observe_aggregate(model, clients, threat=gi.ThreatModel(server="malicious"), protocol=protocol)
 
