@@ -132,6 +132,9 @@ class CuriousStrategy(Strategy):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.inner, self.model, self.image_shape = inner, model, tuple(image_shape)
         self.attacks = [a if isinstance(a, Attack) else attack_registry.make(a) for a in attacks]
+        vertical = [a.name for a in self.attacks if a.setting == "vertical"]
+        if vertical:
+            raise ValueError(f"{vertical} attack vertical FL records; a Flower round shares horizontal updates")
         self.threat = replace(threat or ThreatModel(), knows_labels=False, knows_bn_stats=False)
         self.keys = list(keys) if keys is not None else list(model.state_dict())
         self.truth, self.secure_aggregation = truth, secure_aggregation

@@ -96,6 +96,11 @@ def run(
     for name in config.attacks:
         if name not in attacks.REGISTRY:
             raise ValueError(f"unknown attack {name!r}; available: {', '.join(attacks.names())}")
+        if attacks.REGISTRY[name].setting == "vertical":
+            raise ValueError(
+                f"attack {name!r} attacks a vertical FL record, not one client's update: run `gradinv vertical` "
+                "(or a grid)"
+            )
     per_attack = split_options(config.attacks, config.attack_options)
     chosen = {name: attacks.make(name, **per_attack[name]) for name in config.attacks}
     client_defenses = [defenses.make(name, **kwargs) for name, kwargs in config.defenses]

@@ -7,6 +7,7 @@ from typing import Any
 from gradinv.attacks import labels
 from gradinv.attacks.base import Attack, Callback, gradient_residual
 from gradinv.attacks.bias_trick import BiasTrick
+from gradinv.attacks.cafe import CAFE
 from gradinv.attacks.dlg import DLG
 from gradinv.attacks.gias import GIAS
 from gradinv.attacks.gradinversion import GradInversion
@@ -29,6 +30,7 @@ REGISTRY: dict[str, type[Attack]] = {
     "spear": SPEAR,
     "imprint": Imprint,
     "trap_weights": TrapWeights,
+    "cafe": CAFE,
 }
 
 # name -> (paper, threat model, what it needs), for `gradinv list` and the README table.
@@ -75,12 +77,19 @@ SUMMARY: dict[str, tuple[str, str, str]] = {
         "malicious server (trap weights in the first linear layer), gradient",
         "prepare_model(); a fully connected first layer; exact for rows one sample fired",
     ),
+    "cafe": (
+        "Jin et al., NeurIPS 2021 (CAFE)",
+        "vertical FL: the server's record of every iteration's gradient and batch indices (`gradinv vertical`)",
+        "the labels (the server holds them) and the batch indices; each party's first layer fully connected",
+    ),
 }
 
 
-def names() -> list[str]:
-    """The registered attack names."""
-    return list(REGISTRY)
+def names(setting: str | None = None) -> list[str]:
+    """The registered attack names (``setting``: only those of ``"horizontal"`` or ``"vertical"`` FL)."""
+    if setting not in (None, "horizontal", "vertical"):
+        raise ValueError(f"setting must be 'horizontal' or 'vertical', got {setting!r}")
+    return [name for name, cls in REGISTRY.items() if setting is None or cls.setting == setting]
 
 
 def describe() -> dict[str, str]:
@@ -101,6 +110,7 @@ __all__ = [
     "GIAS",
     "GradInversion",
     "BiasTrick",
+    "CAFE",
     "Imprint",
     "TrapWeights",
     "IDLG",

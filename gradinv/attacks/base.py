@@ -57,6 +57,9 @@ class Attack(ABC):
     """The largest batch the attack is defined for (``None``: any)."""
     exact: ClassVar[bool] = False
     """Analytic: where its conditions hold the answer is the data itself, whatever the seed."""
+    setting: ClassVar[str] = "horizontal"
+    """What it attacks: ``"horizontal"``, a :class:`~gradinv.Observation` of one client's update; ``"vertical"``, a
+    :class:`~gradinv.fl.vertical.VerticalObservation` of a vertical FL run (CAFE)."""
 
     def reconstruct(
         self,

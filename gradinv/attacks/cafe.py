@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from gradinv.attacks.base import Attack, Callback, Result
 from gradinv.attacks.objectives import euclidean_distance, total_variation
 from gradinv.fl.vertical import VerticalModel, VerticalObservation, record_residual, strips
-from gradinv.observation import Reconstruction
+from gradinv.observation import Observation, Reconstruction
 from gradinv.validation import check_arguments, check_device, check_seed
 
 
@@ -66,7 +67,7 @@ def adam_rows(
     return rows - lr * corrected / ((second[index] / (1 - betas[1] ** c)).sqrt() + eps)
 
 
-class CAFE:
+class CAFE(Attack):
     """CAFE (Jin et al., NeurIPS 2021): the whole training set from a vertical FL run's gradients.
 
     The server knows each iteration's batch indices, so it keeps one fake sample per real one and improves the rows
@@ -94,6 +95,7 @@ class CAFE:
     """
 
     name = "cafe"
+    setting = "vertical"
 
     def __init__(
         self, *, passes: int = 20, lr: float = 0.1, tv: float = 1e-3, alignment: float = 1.0, seed: int = 0
@@ -107,19 +109,26 @@ class CAFE:
         self.passes, self.lr, self.tv, self.alignment, self.seed = passes, lr, tv, alignment, seed
 
     def reconstruct(
-        self, observation: VerticalObservation, *, device: str | torch.device | None = None
+        self,
+        observation: Observation | VerticalObservation,
+        *,
+        callback: Callback | None = None,
+        device: str | torch.device | None = None,
     ) -> Reconstruction:
         """Recover all ``N`` samples (``images[i]`` is sample ``i``, with its label).
 
-        ``device``: where Step III runs the model (default the CPU); Steps I-II are float64 least squares on the CPU.
-        The images come back on the CPU.
+        ``callback(step, total, loss)``: after each Step III batch update. ``device``: where Step III runs the model
+        (default the CPU); Steps I-II are float64 least squares on the CPU. The images come back on the CPU.
+
+        Raises:
+            TypeError: a horizontal :class:`~gradinv.Observation` (one client's update has no vertical record).
         """
         if not isinstance(observation, VerticalObservation):
             raise TypeError(f"CAFE attacks a gi.fl.vertical.VerticalObservation, got {type(observation).__name__}")
         chosen = check_device(device)
         start = time.perf_counter()
         inputs = [h.to(chosen) for h in self.layer_inputs(observation)]
-        images, trace = self._fake_data(observation, inputs, chosen)
+        images, trace = self._fake_data(observation, inputs, chosen, callback)
         seen = torch.zeros(observation.num_samples, dtype=torch.bool)
         for batch in observation.batches:
             seen[batch] = True
@@ -149,8 +158,16 @@ class CAFE:
             out.append(recover_layer_inputs(a, v, weight).float())
         return out
 
+    def run(self, observation: Observation, callback: Callback | None) -> Result:
+        """CAFE has no horizontal form: :meth:`reconstruct` takes the vertical record."""
+        raise TypeError(f"CAFE attacks a gi.fl.vertical.VerticalObservation, got {type(observation).__name__}")
+
     def _fake_data(
-        self, observation: VerticalObservation, inputs: list[torch.Tensor], device: torch.device
+        self,
+        observation: VerticalObservation,
+        inputs: list[torch.Tensor],
+        device: torch.device,
+        callback: Callback | None = None,
     ) -> tuple[torch.Tensor, list[float]]:
         """Step III: Adam per sample on the batches' objectives, in observed order, ``passes`` times."""
         model = copy.deepcopy(observation.model).to(device)
@@ -173,6 +190,8 @@ class CAFE:
                 (grad,) = torch.autograd.grad(loss, rows)
                 x[batch] = adam_rows(rows.detach(), grad, state, batch, self.lr).clamp(0.0, 1.0)
                 trace.append(float(loss.detach()))
+                if callback is not None:
+                    callback(len(trace), self.passes * len(observation.batches), trace[-1])
         return x, trace
 
     def _objective(

@@ -13,6 +13,7 @@ from gradinv.attacks.base import Attack, Callback, Result, attacker_device, atta
 from gradinv.attacks.objectives import cosine_distance, total_variation
 from gradinv.fl.client import compute_update, normalize
 from gradinv.models.generator import load_generator
+from gradinv.models.user import load_model
 from gradinv.observation import Observation
 from gradinv.validation import check_arguments, check_positive_int, check_seed
 
@@ -32,9 +33,11 @@ class GIAS(Attack):
     priors.
 
     Args:
-        generator: a shipped generator's name (``gi.models.generator.SHIPPED``) or any ``nn.Module`` mapping
-            ``(n, *latent_shape)`` latents to ``(n, C, H, W)`` images in [0, 1]; it must carry ``latent_shape`` (a
-            tuple) or be given ``latent_shape``.
+        generator: a shipped generator's name (``gi.models.generator.SHIPPED``), your own as
+            ``"path/to/file.py:ClassName"`` (built with no arguments, weights from ``generator_weights``: how a grid
+            file or ``--opt`` names it), or any ``nn.Module``, mapping ``(n, *latent_shape)`` latents to
+            ``(n, C, H, W)`` images in [0, 1]; it must carry ``latent_shape`` (a tuple) or be given ``latent_shape``.
+        generator_weights: the state dict (``.safetensors``, ``.pt``, ``.pth``) of a ``file.py:ClassName`` generator.
         latent_shape: the latent's shape when the generator does not say.
         steps: the steps of both stages together.
         parameter_fraction: the share of ``steps`` given to stage 2 (0: no parameter search).
@@ -54,6 +57,7 @@ class GIAS(Attack):
         self,
         *,
         generator: str | nn.Module = "digits16",
+        generator_weights: str | None = None,
         latent_shape: tuple[int, ...] | None = None,
         steps: int = 1000,
         parameter_fraction: float = 0.5,
@@ -77,7 +81,13 @@ class GIAS(Attack):
             raise ValueError(f"unknown label_strategy {label_strategy!r}; available: {label_recovery.names()}")
         check_positive_int("batch_size", batch_size)
         check_seed("seed", seed)
-        module = load_generator(generator) if isinstance(generator, str) else generator
+        own = isinstance(generator, str) and ".py:" in generator
+        if generator_weights is not None and not own:
+            raise ValueError("generator_weights is for a generator given as 'path/to/file.py:ClassName'")
+        if isinstance(generator, str) and own:
+            module = load_model(generator, weights=generator_weights, what="generator").eval().requires_grad_(False)
+        else:
+            module = load_generator(generator) if isinstance(generator, str) else generator
         if not isinstance(module, nn.Module):
             raise TypeError(f"generator must be a shipped generator's name or an nn.Module, got {type(generator)}")
         shape = latent_shape or getattr(module, "latent_shape", None)
@@ -85,6 +95,7 @@ class GIAS(Attack):
             raise ValueError("the generator carries no latent_shape: pass latent_shape=(...)")
         self._generator, self.latent_shape = module, tuple(int(s) for s in shape)
         self.generator = generator if isinstance(generator, str) else f"custom {type(generator).__name__}"
+        self.generator_weights = generator_weights
         self.steps, self.parameter_fraction, self.lr, self.generator_lr = steps, parameter_fraction, lr, generator_lr
         self._parameter_steps = int(round(steps * parameter_fraction))
         self._latent_steps = steps - self._parameter_steps

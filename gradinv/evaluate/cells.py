@@ -12,12 +12,14 @@ from typing import Any
 import torch
 
 from gradinv import attacks, data, defenses, metrics, models
+from gradinv.attacks.cafe import CAFE
 from gradinv.data import NORMALIZATIONS
 from gradinv.defenses.base import Defense
 from gradinv.evaluate.cost import full_recovery
 from gradinv.evaluate.grid import config_key
 from gradinv.evaluate.utility import Utility, utility
 from gradinv.fl.client import encode_batch, observe
+from gradinv.fl.vertical import VerticalModel, train_vertical
 from gradinv.observation import ThreatModel
 
 
@@ -95,6 +97,8 @@ def run_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
 
     The client's training set is the first ``client_images`` images of the cell's seeded draw (its batches are the
     first ``images``): MixUp/InstaHide with ``pool="dataset"`` draw their partners from it."""
+    if attacks.REGISTRY[config["attack"]].setting == "vertical":
+        return run_vertical_cell(config, device)
     pooled = any(getattr(defenses.make(n, **p), "pool", None) == "dataset" for n, p in config["defenses"])
     client_images, client_labels = data.load(
         config["data"],
@@ -133,32 +137,63 @@ def run_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         by_match = {} if encoded is x else {e["match"]: e["psnr"] for e in metrics.score(rec, encoded)["per_image"]}
         seconds.append(rec.seconds)
         steps.append(len(rec.trace))
-        for entry in scores["per_image"]:
-            shown[batch * b + entry["index"]] = rec.images[entry["match"]]
-            label_ok = None if "label_pred" not in entry else int(entry["label_pred"] == entry["label"])
-            rows.append(
-                {
-                    "image": batch * b + entry["index"],
-                    "batch": batch,
-                    "psnr": entry["psnr"],
-                    "ssim": entry["ssim"],
-                    "mse": entry["mse"],
-                    "lpips": entry.get("lpips"),
-                    "label_ok": label_ok,
-                    "exact": int(entry["max_abs_error"] < metrics.EXACT_TOLERANCE),
-                    "encoding_psnr": by_match.get(entry["match"]),
-                    "certified": int(entry["certified"]),
-                }
-            )
-        matched = {e["index"] for e in scores["per_image"]}
-        rows += [  # originals the attack returned no image for: recorded, unscored
-            {"image": batch * b + i, "batch": batch, "exact": 0, "certified": 0}
-            for i in range(x.shape[0])
-            if i not in matched
-        ]
+        rows += image_rows(scores, rec.images, shown, batch, batch * b, x.shape[0], by_match)
     rows.sort(key=lambda r: r["image"])
+    return {
+        "summary": _summary(rows, seconds, steps, label_counts, evidence, b, config["client_images"], chain),
+        "rows": rows,
+        "originals": images,
+        "reconstructions": shown,
+    }
+
+
+def image_rows(
+    scores: dict[str, Any],
+    returned: torch.Tensor,
+    shown: torch.Tensor,
+    batch: int,
+    offset: int,
+    count: int,
+    by_match: dict[int, float],
+) -> list[dict[str, Any]]:
+    """One row per original of a scored batch (``offset`` its first image's index, ``count`` its size); the matched
+    returned images go into ``shown``."""
+    rows = []
+    for entry in scores["per_image"]:
+        shown[offset + entry["index"]] = returned[entry["match"]]
+        label_ok = None if "label_pred" not in entry else int(entry["label_pred"] == entry["label"])
+        rows.append(
+            {
+                "image": offset + entry["index"],
+                "batch": batch,
+                "psnr": entry["psnr"],
+                "ssim": entry["ssim"],
+                "mse": entry["mse"],
+                "lpips": entry.get("lpips"),
+                "label_ok": label_ok,
+                "exact": int(entry["max_abs_error"] < metrics.EXACT_TOLERANCE),
+                "encoding_psnr": by_match.get(entry["match"]),
+                "certified": int(entry["certified"]),
+            }
+        )
+    matched = {e["index"] for e in scores["per_image"]}
+    return rows + [  # originals the attack returned no image for: recorded, unscored
+        {"image": offset + i, "batch": batch, "exact": 0, "certified": 0} for i in range(count) if i not in matched
+    ]
+
+
+def _summary(
+    rows: list[dict[str, Any]],
+    seconds: list[float],
+    steps: list[int],
+    label_counts: list[float | None],
+    evidence: list[str],
+    batch_size: int,
+    client_images: int,
+    chain: list[Defense],
+) -> dict[str, Any]:
     per_batch = statistics.fmean(seconds)
-    summary = {
+    return {
         **{m: _stats([r.get(m) for r in rows]) for m in ("psnr", "ssim", "lpips", "encoding_psnr")},
         "label_acc": present_mean([r.get("label_ok") for r in rows]),
         "exact_fraction": statistics.fmean(r["exact"] for r in rows),
@@ -168,9 +203,53 @@ def run_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         "matched_fraction": sum(r.get("psnr") is not None for r in rows) / len(rows),
         "attack_seconds_per_batch": per_batch,
         "attack_iterations": statistics.fmean(steps),
-        "cost": full_recovery(per_batch, b, config["client_images"], chain),
+        "cost": full_recovery(per_batch, batch_size, client_images, chain),
         "defenses": [d.config() for d in chain],
     }
+
+
+def run_vertical_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """A vertical attack's cell: the parties hold the cell's ``images`` (vertical strips of each), train in batches of
+    the cell's batch size with the cell's gradient defenses (:func:`gradinv.fl.vertical.train_vertical`), and the
+    attack recovers every sample from the server's record in one run."""
+    images, labels = data.load(
+        config["data"],
+        n=config["images"],
+        size=config["size"],
+        seed=config["seed"],
+        channels=config["channels"],
+        num_classes=config["num_classes"],
+        root=config["root"],
+    )
+    setup = config["vertical"]
+    model = VerticalModel(
+        image_shape=(config["channels"], config["size"], config["size"]),
+        parties=setup["parties"],
+        num_classes=config["num_classes"],
+        seed=config["seed"],
+    )
+    chain = [defenses.make(name, **params) for name, params in config["defenses"]]
+    record = train_vertical(
+        model,
+        images,
+        labels,
+        batch_size=config["batch_size"],
+        iterations=setup["iterations"] or 2 * images.shape[0],
+        lr=setup["lr"],
+        seed=config["seed"],
+        defenses=chain,
+    )
+    attack = attacks.make(config["attack"], **config["attack_options"])
+    if not isinstance(attack, CAFE):  # the one vertical attack
+        raise TypeError(f"no vertical FL cell for attack {config['attack']!r}")
+    rec = attack.reconstruct(record, device=device)
+    scores = metrics.score(rec, images, labels)
+    shown = torch.zeros_like(images)
+    rows = image_rows(scores, rec.images, shown, 0, 0, images.shape[0], {})
+    rows.sort(key=lambda r: r["image"])
+    # one run recovers the whole record: one "batch" of all the samples
+    summary = _summary(rows, [rec.seconds], [len(rec.trace)], [None], [rec.certificate], images.shape[0],
+                       images.shape[0], chain)  # fmt: skip
     return {"summary": summary, "rows": rows, "originals": images, "reconstructions": shown}
 
 

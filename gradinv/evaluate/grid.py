@@ -16,6 +16,16 @@ Sections (see ``examples/tiny.toml``)::
                   several entries share the name)
     [[defenses]]  name ("none" for none) and its parameters, ``sweep = { parameter = [values] }``, or
                   ``chain = [{ name = "prune", ratio = 0.9 }, { name = "mixup", k = 4 }]``; optional label
+    [vertical]    parties (4), iterations (0: twice the images), lr (0.0: the model stays fixed): the vertical FL
+                  training that vertical attacks (CAFE) observe
+
+File paths in attack options (GIAS's ``generator = "my_gan.py:Generator"`` and ``generator_weights``) are read
+relative to the grid file.
+
+A vertical attack (``cafe``) makes one cell per threat, batch size, defense and seed (not per model): the grid's
+``images`` are the samples the parties hold (all attacked), split into ``parties`` vertical strips, trained for
+``iterations`` batches of the cell's batch size (:func:`gradinv.fl.vertical.train_vertical`); only defenses of the
+shared gradient apply, no utility is measured, and the pixels are not normalised.
 
 An attack entry with ``adaptive = true`` (:mod:`gradinv.attacks.adaptive`) runs only against the defense settings it
 adapts to (every defense but MixUp and InstaHide); list the attack twice, plain and adaptive, and the report's
@@ -47,6 +57,7 @@ from gradinv.attacks.base import Attack
 from gradinv.data import NORMALIZATIONS
 from gradinv.defenses.mixup import MixUp
 from gradinv.fl.client import client_trainer
+from gradinv.fl.vertical import check_vertical_defenses
 from gradinv.observation import ThreatModel
 
 GRID_KEYS = {
@@ -82,7 +93,9 @@ UTILITY_RANGES = {
     "lr": (1e-12, 100.0),
     "seed": (0, 2**63 - 1),
 }
-SECTIONS = ("grid", "utility", "models", "threats", "attacks", "defenses")
+VERTICAL_KEYS = {"parties": 4, "iterations": 0, "lr": 0.0}
+VERTICAL_RANGES = {"parties": (1, 512), "iterations": (0, 10**7), "lr": (0.0, 100.0)}
+SECTIONS = ("grid", "utility", "models", "threats", "attacks", "defenses", "vertical")
 
 
 class GridError(ValueError):
@@ -291,6 +304,7 @@ def _attacks(
         entry = dict(given)
         only = _only(reader, "attacks", i, entry, settings, threats)
         label = entry.pop("label", None)
+        entry = resolve_paths(entry, reader.path.parent)
         name, options = _component(reader, "attacks", i, entry, dict(attacks.REGISTRY), attacks.make)
         out.append((name, options, only, label))
     names = [name for name, *_ in out]
@@ -298,6 +312,21 @@ def _attacks(
         (name, options, only, label or (_label(name, options) if names.count(name) > 1 else name))
         for name, options, only, label in out
     ]
+
+
+def resolve_paths(options: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Option values naming files (``file.py:ClassName``, ``.safetensors``/``.pt``/``.pth`` weights), relative ones
+    read from the grid file's ``folder``, made absolute: cells run wherever the runner starts them."""
+    out = {}
+    for key, value in options.items():
+        if isinstance(value, str):
+            path_text, sep, name = value.rpartition(":")
+            if sep and path_text.endswith(".py") and not Path(path_text).is_absolute():
+                value = f"{(folder / path_text).resolve()}:{name}"
+            elif value.endswith((".safetensors", ".pt", ".pth")) and not Path(value).is_absolute():
+                value = str((folder / value).resolve())
+        out[key] = value
+    return out
 
 
 def _component(
@@ -389,6 +418,21 @@ def conflict(
     return None
 
 
+def vertical_conflict(threat: ThreatModel, chain: list[Any], normalization: str) -> str | None:
+    """Why a vertical attack cannot run on this threat model and defense chain, or ``None``."""
+    if not threat.knows_labels:
+        return "the server of vertical FL holds the labels: a threat model withholding them does not apply to cafe"
+    if threat.server != "honest" or threat.update != "gradient":
+        return "vertical FL here has an honest server observing each iteration's gradient (server, update)"
+    if normalization != "none":
+        return "the vertical parties see raw pixels: the grid's normalization must be 'none'"
+    try:
+        check_vertical_defenses([defenses.make(name, **params) for name, params in chain])
+    except ValueError as err:
+        return str(err)  # "defense ... changes ..."
+    return None
+
+
 def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file and expand it into cells.
 
@@ -439,6 +483,14 @@ def load_grid(path: str | Path) -> Grid:
     if len(set(labels)) < len(labels):
         raise reader.fail("threats", 0, None, f"threat labels must differ, got {labels}")
     attack_list, defense_list = _attacks(reader, settings, labels), _defenses(reader, settings, labels)
+    vertical = None
+    if any(attacks.REGISTRY[name].setting == "vertical" for name, *_ in attack_list) or "vertical" in reader.doc:
+        vertical = reader.table("vertical", VERTICAL_KEYS)
+        _ranges(reader, "vertical", vertical, VERTICAL_RANGES)
+        if settings["size"] % vertical["parties"]:
+            raise reader.fail(
+                "vertical", 0, "parties", f"{vertical['parties']} parties cannot split {settings['size']}-pixel rows"
+            )
     grid = Grid(name=settings["name"], path=reader.path, settings={**settings, "utility": utility})
     adapted: set[int] = set()
     for (a, (name, options, attack_only, shown)), (threat_label, threat), b in itertools.product(
@@ -450,14 +502,21 @@ def load_grid(path: str | Path) -> Grid:
             if options.get("adaptive") and not adaptable(chain):
                 continue  # an adaptive attack runs against the defenses it adapts to; the plain entry covers the rest
             adapted.add(a)
-            problem = conflict(attacks.REGISTRY[name], options, threat, b, chain)
+            attack_class = attacks.REGISTRY[name]
+            if attack_class.setting == "vertical":
+                problem = vertical_conflict(threat, chain, settings["normalization"])
+            else:
+                problem = conflict(attack_class, options, threat, b, chain)
             if problem:
                 table, index = ("defenses", d) if problem.startswith("defense") else ("attacks", a)
                 raise GridError(
                     f"{reader.path}:{_line(reader.lines, table, index, None)}: impossible combination "
                     f"(threat {threat_label!r}, batch size {b}, defense {defense_label!r}): {problem}"
                 )
-            for model, seed in itertools.product(model_list, settings["seeds"]):
+            cell_models = model_list
+            if attack_class.setting == "vertical" and vertical is not None:
+                cell_models = [{"model": "vertical", "model_options": {"parties": vertical["parties"]}}]
+            for model, seed in itertools.product(cell_models, settings["seeds"]):
                 threat_fields = {k: v for k, v in threat.to_dict().items() if k != "normalization"}
                 grid.cells.append(
                     Cell(
@@ -477,11 +536,16 @@ def load_grid(path: str | Path) -> Grid:
                             "defenses": [[n, p] for n, p in chain],
                             "defense_label": defense_label,
                             "seed": seed,
-                            "utility": utility,
+                            "utility": None if model["model"] == "vertical" else utility,
+                            **({"vertical": vertical} if model["model"] == "vertical" else {}),
                             # only when they say more than the defaults, so that the keys (and the resumable results)
                             # of grids without them stay as they were; attack_label() reads the label back
                             **({"attack_label": shown} if shown != name else {}),
-                            **({"pretrain_epochs": settings["pretrain_epochs"]} if settings["pretrain_epochs"] else {}),
+                            **(
+                                {"pretrain_epochs": settings["pretrain_epochs"]}
+                                if settings["pretrain_epochs"] and model["model"] != "vertical"
+                                else {}
+                            ),
                         }
                     )
                 )

@@ -13,12 +13,15 @@ but curious, so observes the initial model, every batch's indices and every aggr
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from gradinv.defenses.base import Defense
 from gradinv.validation import check_images, check_labels, check_positive_int, check_seed
 
 
@@ -97,6 +100,7 @@ class VerticalObservation:
         gradients: each iteration's gradient of the batch's mean loss, by parameter name.
         labels: ``(N,)`` the labels of all samples (the server holds them in vertical FL).
         image_shape: ``(C, H, W)`` of one sample (all parties together).
+        defenses: the configurations of the gradient defenses the parties applied (the server knows the protocol).
     """
 
     model: VerticalModel
@@ -105,6 +109,7 @@ class VerticalObservation:
     gradients: list[dict[str, torch.Tensor]]
     labels: torch.Tensor
     image_shape: tuple[int, int, int]
+    defenses: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, VerticalModel):
@@ -131,6 +136,33 @@ class VerticalObservation:
         return out
 
 
+def check_vertical_defenses(defenses: Sequence[Any]) -> list[Defense]:
+    """The defenses that can guard vertical FL here: those acting on the shared gradient alone (noise, pruning,
+    quantisation, ...: only :meth:`~gradinv.defenses.base.Defense.apply`).
+
+    Raises:
+        TypeError: an entry that is not a defense.
+        ValueError: a defense that changes the data, the model or the training step (MixUp, dropout, PRECODE,
+            Soteria, DP-SGD: not modelled for vertical parties).
+    """
+    out = []
+    for defense in defenses:
+        if not isinstance(defense, Defense):
+            raise TypeError(f"defenses must be gi.defenses objects, got {type(defense).__name__}")
+        hooks = [
+            h
+            for h in ("encode", "prepare_model", "client_update")
+            if getattr(type(defense), h) is not getattr(Defense, h)
+        ]
+        if hooks:
+            raise ValueError(
+                f"defense {defense.name!r} changes the client's {', '.join(hooks)}: not modelled in vertical FL, "
+                "where only defenses of the shared gradient (noise, prune, topk, quantize, sign) apply"
+            )
+        out.append(defense)
+    return out
+
+
 def train_vertical(
     model: VerticalModel,
     images: torch.Tensor,
@@ -141,12 +173,14 @@ def train_vertical(
     lr: float = 0.0,
     noise_std: float = 0.0,
     seed: int = 0,
+    defenses: Sequence[Defense] = (),
 ) -> VerticalObservation:
     """Run vertical FL training on ``(images, labels)`` and return what the server observed.
 
     Each epoch visits the samples in a fresh random order (``seed``) in batches of ``batch_size``; each iteration's
     gradient of the batch's mean cross-entropy is sent, with Gaussian noise of std ``noise_std`` added to every entry
-    by the parties (a defense; 0: none), recorded, and applied by SGD at ``lr`` (0: the model stays at its initial
+    by the parties (a defense; 0: none), then every gradient defense of ``defenses`` in turn
+    (:func:`check_vertical_defenses`), recorded, and applied by SGD at ``lr`` (0: the model stays at its initial
     weights). ``model`` itself is not changed.
     """
     images = check_images(images)
@@ -158,6 +192,8 @@ def train_vertical(
         raise ValueError(
             f"batch_size must be <= {images.shape[0]}, lr and noise_std >= 0; got {batch_size}, {lr}, {noise_std}"
         )
+    chain = check_vertical_defenses(defenses)
+    defended = torch.Generator().manual_seed(seed + 2)
     initial = copy.deepcopy(model)
     working = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
@@ -173,7 +209,11 @@ def train_vertical(
             g + noise_std * torch.randn(g.shape, generator=noise) if noise_std else g
             for g in torch.autograd.grad(loss, list(working.parameters()))
         ]
-        gradients.append({n: g.detach().clone() for (n, _), g in zip(working.named_parameters(), grads, strict=True)})
+        shared = {n: g.detach().clone() for (n, _), g in zip(working.named_parameters(), grads, strict=True)}
+        for defense in chain:
+            shared = defense.apply(shared, generator=defended)
+        grads = [shared[n] for n, _ in working.named_parameters()]
+        gradients.append(shared)
         batches.append(batch)
         with torch.no_grad():
             for p, g in zip(working.parameters(), grads, strict=True):
@@ -185,6 +225,7 @@ def train_vertical(
         gradients=gradients,
         labels=labels,
         image_shape=(int(images.shape[1]), int(images.shape[2]), int(images.shape[3])),
+        defenses=[d.config() for d in chain],
     )
 
 

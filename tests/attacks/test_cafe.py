@@ -61,7 +61,24 @@ def test_cafe_refuses_a_horizontal_observation_bad_settings_and_absent_devices(f
     images, labels = gi.data.load("skimage", n=1, size=16)
     obs = gi.observe(gi.models.make("lenet", image_shape=(3, 16, 16)), images, labels)
     with pytest.raises(TypeError, match="VerticalObservation"):
-        CAFE().reconstruct(obs)  # type: ignore[arg-type]
+        CAFE().reconstruct(obs)
+    with pytest.raises(TypeError, match="VerticalObservation"):
+        CAFE().run(obs, None)
+
+
+def test_cafe_is_a_registered_vertical_attack_with_progress(fixed_run: tuple, tmp_path) -> None:
+    from gradinv.pipeline import RunConfig, run
+
+    assert "cafe" in gi.attacks.names() and gi.attacks.names("vertical") == ["cafe"]
+    assert "cafe" not in gi.attacks.names("horizontal") and "Jin et al." in gi.attacks.describe()["cafe"]
+    steps: list[tuple[int, int]] = []
+    rec = gi.attacks.make("cafe", passes=1).reconstruct(fixed_run[0], callback=lambda s, t, _: steps.append((s, t)))
+    assert steps == [(s, 40) for s in range(1, 41)] and len(rec.trace) == 40
+    # the one-client pipeline (gradinv attack) points to the vertical command instead of failing inside
+    with pytest.raises(ValueError, match="run `gradinv vertical`"):
+        run(RunConfig(attacks=["cafe"]), tmp_path / "out")
+    with pytest.raises(ValueError, match="setting must be"):
+        gi.attacks.names("diagonal")
 
 
 def test_samples_no_batch_contains_are_reported_and_left_alone(fixed_run: tuple) -> None:

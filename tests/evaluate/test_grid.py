@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 import gradinv as gi
 from gradinv.evaluate import GridError, load_grid
@@ -120,7 +121,10 @@ def test_huang2021_example_restricts_entries_to_threats_and_batch_sizes() -> Non
 
 
 def test_attack_entries_of_one_attack_are_told_apart(tmp_path: Path) -> None:
-    text = BASE.replace('name = "bias_trick"', 'name = "dlg"\nsteps = 2') + '\n[[attacks]]\nname = "dlg"\n'
+    text = (
+        BASE.replace("images = 4", "images = 4\nsize = 8").replace('name = "bias_trick"', 'name = "dlg"\nsteps = 2')
+        + '\n[[attacks]]\nname = "dlg"\n'
+    )
     grid = load_grid(_grid(tmp_path, text + '[[defenses]]\nname = "none"\n'))
     assert {attack_label(c.config) for c in grid.cells} == {"dlg(steps=2)", "dlg"}
 
@@ -188,3 +192,112 @@ batch_sizes = [4]
     )
     with pytest.raises(GridError, match="'ig adaptive' is adaptive, but no defense of the grid has an adaptive"):
         load_grid(_grid(tmp_path, only_mixup))
+
+
+def test_the_vertical_example_makes_one_cell_per_setting_not_per_model() -> None:
+    grid = load_grid(EXAMPLES / "vertical.toml")
+    # 2 attack entries x 2 batch sizes x 3 defense settings x 1 seed, whatever the [[models]]
+    assert len(grid.cells) == 2 * 2 * 3
+    for cell in grid.cells:
+        assert cell.config["model"] == "vertical" and cell.config["utility"] is None
+        assert cell.config["vertical"] == {"parties": 4, "iterations": 40, "lr": 0.0}
+    assert {c.config["defense_label"] for c in grid.cells} == {"none", "noise(std=0.0001)", "noise(std=0.01)"}
+
+
+VERTICAL = """[grid]
+data = "mnist_subset"
+size = 16
+images = 8
+batch_sizes = [4]
+
+[[models]]
+name = "mlp"
+
+[[threats]]
+label = "labels"
+knows_labels = true
+
+[[attacks]]
+name = "cafe"
+"""
+
+
+@pytest.mark.parametrize(
+    "extra, reason",
+    [
+        ('[[defenses]]\nname = "mixup"\n', "defense 'mixup' changes the client's encode"),
+        ('[vertical]\nparties = 3\n[[defenses]]\nname = "none"\n', "3 parties cannot split 16-pixel rows"),
+        ('[[threats]]\nlabel = "no labels"\n[[defenses]]\nname = "none"\n', "holds the labels"),
+        (
+            '[[threats]]\nlabel = "fedavg"\nknows_labels = true\nupdate = "fedavg"\n[[defenses]]\nname = "none"\n',
+            "honest server observing",
+        ),
+    ],
+)
+def test_impossible_vertical_cells_are_rejected(tmp_path: Path, extra: str, reason: str) -> None:
+    with pytest.raises(GridError, match=reason):
+        load_grid(_grid(tmp_path, VERTICAL + extra))
+
+
+def test_a_vertical_cell_recovers_the_parties_samples_and_its_defense_bites(tmp_path: Path) -> None:
+    from gradinv.evaluate.cells import run_cell
+
+    defended = '[vertical]\niterations = 24\n[[defenses]]\nname = "none"\n[[defenses]]\nname = "noise"\nstd = 0.01\n'
+    grid = load_grid(_grid(tmp_path, VERTICAL + defended))
+    by_defense = {
+        c.config["defense_label"]: run_cell({**c.config, "attack_options": {"passes": 6}}) for c in grid.cells
+    }
+    clean, noisy = by_defense["none"], by_defense["noise(std=0.01)"]
+    assert len(clean["rows"]) == 8 and [r["image"] for r in clean["rows"]] == list(range(8))
+    assert clean["summary"]["psnr"]["mean"] > 40.0 and clean["summary"]["label_acc"] == 1.0
+    assert clean["summary"]["cost"]["inversions"] == 1  # one run recovers the whole record
+    assert noisy["summary"]["psnr"]["mean"] < clean["summary"]["psnr"]["mean"] - 20.0
+    assert noisy["summary"]["defenses"] == [{"name": "noise", "std": 0.01, "distribution": "gaussian"}]
+    # the attack's pictures are the parties' samples, in order
+    originals = gi.data.load("mnist_subset", n=8, size=16, channels=1, seed=0)[0]
+    assert torch.equal(clean["originals"], originals)
+    assert gi.metrics.psnr(clean["reconstructions"], originals).min() > 30.0
+
+
+GENERATOR = """
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.latent_shape = (4,)
+        self.fc = nn.Linear(4, 64)
+
+    def forward(self, z):
+        return torch.sigmoid(self.fc(z)).view(-1, 1, 8, 8)
+"""
+
+
+def test_a_grid_names_its_own_generator_for_gias_relative_to_the_grid_file(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from gradinv.evaluate.cells import run_cell
+
+    (tmp_path / "gen.py").write_text(GENERATOR)
+    torch.manual_seed(3)
+    weights = {"fc.weight": torch.randn(64, 4), "fc.bias": torch.randn(64)}
+    save_file(weights, str(tmp_path / "tiny.safetensors"))
+    entry = 'name = "gias"\nsteps = 4\nrestarts = 1\ngenerator = "gen.py:Tiny"\ngenerator_weights = "tiny.safetensors"'
+    text = BASE.replace("images = 4", "images = 4\nsize = 8").replace('name = "bias_trick"', entry)
+    grid = load_grid(_grid(tmp_path, text + '[[defenses]]\nname = "none"\n'))
+    options = grid.cells[0].config["attack_options"]
+    assert options["generator"] == f"{tmp_path.resolve() / 'gen.py'}:Tiny"
+    assert options["generator_weights"] == str(tmp_path.resolve() / "tiny.safetensors")
+    # the attack's generator is the file's class with the saved weights
+    attack = gi.attacks.make("gias", **options)
+    z = torch.randn(2, 4)
+    expected = torch.sigmoid(z @ weights["fc.weight"].T + weights["fc.bias"]).view(-1, 1, 8, 8)
+    assert torch.allclose(attack._generator(z), expected, atol=1e-6)
+    result = run_cell(grid.cells[0].config)
+    assert result["summary"]["psnr"]["mean"] is not None and len(result["rows"]) == 4
+    with pytest.raises(GridError, match="generator_weights is for a generator given as"):
+        load_grid(_grid(tmp_path, text.replace('"gen.py:Tiny"', '"digits16"') + '[[defenses]]\nname = "none"\n'))
+    with pytest.raises(GridError, match="generator: file .*nope.py does not exist"):
+        load_grid(_grid(tmp_path, text.replace("gen.py", "nope.py") + '[[defenses]]\nname = "none"\n'))

@@ -79,3 +79,35 @@ def test_vertical_inputs_are_checked() -> None:
         VerticalObservation(obs.model, 0.0, [torch.tensor([0, 12])], obs.gradients, labels, (1, 16, 16))
     with pytest.raises(TypeError, match="VerticalModel"):
         VerticalObservation(torch.nn.Linear(2, 2), 0.0, obs.batches, obs.gradients, labels, (1, 16, 16))  # type: ignore[arg-type]
+
+
+def test_gradient_defenses_act_on_what_the_parties_send_and_others_are_refused() -> None:
+    # Prepare
+    images, labels = _digits()
+    model = VerticalModel(image_shape=(1, 16, 16), parties=4, seed=0)
+    prune = gi.defenses.make("prune", ratio=0.9)
+    # Execute: the same fixed-model run without and with pruning
+    clean = train_vertical(model, images, labels, batch_size=4, iterations=3, seed=2)
+    pruned = train_vertical(model, images, labels, batch_size=4, iterations=3, seed=2, defenses=[prune])
+    # Assert: each recorded gradient is the defense applied to the clean one, and the record names the defense
+    for t in range(3):
+        expected = prune.apply(clean.gradients[t], generator=torch.Generator().manual_seed(0))
+        for k, g in pruned.gradients[t].items():
+            assert torch.equal(g, expected[k]), (t, k)
+    assert pruned.defenses == [prune.config()] and clean.defenses == []
+    # and a training run steps with the defended gradients: iteration 1's record is the defense applied to the
+    # gradient at the weights the defended step 0 led to
+    moving = train_vertical(model, images, labels, batch_size=4, iterations=2, lr=0.5, seed=2, defenses=[prune])
+    params = {k: w.requires_grad_(True) for k, w in moving.weights()[1].items()}
+    batch = moving.batches[1]
+    loss = torch.nn.functional.cross_entropy(functional_call(model, params, (images[batch],)), labels[batch])
+    names = [k for k, _ in model.named_parameters()]
+    grads = dict(zip(names, torch.autograd.grad(loss, [params[k] for k in names]), strict=True))
+    expected = prune.apply(grads, generator=torch.Generator())
+    for k in names:
+        assert torch.allclose(moving.gradients[1][k], expected[k], atol=1e-6), k
+    for name in ("mixup", "dropout", "soteria"):
+        with pytest.raises(ValueError, match=f"defense '{name}' changes the client's"):
+            train_vertical(model, images, labels, batch_size=4, iterations=1, defenses=[gi.defenses.make(name)])
+    with pytest.raises(TypeError, match="gi.defenses objects"):
+        train_vertical(model, images, labels, batch_size=4, iterations=1, defenses=["prune"])  # type: ignore[list-item]
