@@ -12,6 +12,13 @@ Four tables:
 3. SPEAR's failure rate against batch size (the paper's Fig. 5 question) over ``--seeds`` models and batches, with
    the default budget of submatrices; time per batch and submatrices drawn.
 4. R-GAP on the paper's CNN6 and CNN6-d and on DLG's LeNet, 32x32 photographs: PSNR, rank verdict, time.
+5. ``--parts spear_kernel``: SPEAR's submatrix search, submatrices per second at batch 20 (photographs through a
+   500-unit layer), against the search it replaced (top-(B-1) of uniforms per subset, a complete QR per subset,
+   the sparsity screen in float64), both in this run on the same matrix: the baseline.
+6. ``--parts spear_photos``: whole batches of 32x32 photographs through a 500-unit ReLU MLP (normalised inputs), the
+   issue-16 setting: the 18 scikit-image photographs and two of them mirrored (batch 20), random crops of them
+   (batches 16, 20, 24) and LFW faces and non-faces (batch 16) over ``--seeds`` draws, each with a 60 s budget:
+   success, directions found, time, submatrices.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch
 import gradinv as gi
 
 NORM = ((0.5,), (0.25,))
+PHOTO_NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 def setting(name: str, n: int, public: torch.Tensor) -> tuple[gi.attacks.Attack, torch.nn.Module, gi.ThreatModel]:
@@ -72,6 +80,90 @@ def spear_failure_rate(sizes: list[int], seeds: int) -> None:
         print(f"{n:<14}{f'{wins}/{seeds}':>9}{exact:>8.2f}{seconds:>9.2f}{drawn:>10.0f}", flush=True)
 
 
+def _photo_batch(source: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``skimage``: the 18 photographs and the first two mirrored; ``crops``: random square crops (40-90% of the
+    shorter side) of the 18 photographs in turn, at 32x32; ``lfw``: LFW faces and non-faces."""
+    if source == "lfw":
+        return gi.data.load("lfw", n=n, size=32, seed=seed)
+    if source == "skimage":
+        images, labels = gi.data.load("skimage", n=18, size=32, seed=seed)
+        return torch.cat([images, images[:2].flip(-1)])[:n], torch.cat([labels, labels[:2]])[:n]
+    from gradinv.data.bundled import skimage_images
+
+    photos, _ = skimage_images()
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for k in range(n):
+        photo = torch.from_numpy(photos[k % len(photos)])
+        photo = photo.expand(3, *photo.shape) if photo.dim() == 2 else photo.permute(2, 0, 1)
+        short = min(photo.shape[1:])
+        side = int(short * (0.4 + 0.5 * float(torch.rand(1, generator=generator))))
+        top = int(torch.randint(photo.shape[1] - side + 1, (1,), generator=generator))
+        left = int(torch.randint(photo.shape[2] - side + 1, (1,), generator=generator))
+        crop = photo[None, :, top : top + side, left : left + side]
+        out.append(torch.nn.functional.interpolate(crop, size=(32, 32), mode="area")[0])
+    return torch.stack(out).clamp(0, 1), torch.arange(n) % 10
+
+
+def _spear_left(n: int) -> torch.Tensor:
+    """The live rows of SPEAR's ``L`` for the 20-photograph batch."""
+    from gradinv.attacks.spear import low_rank_factors
+
+    images, labels = _photo_batch("skimage", n, 0)
+    model = gi.models.make("mlp", image_shape=(3, 32, 32), hidden=(500,), seed=0)
+    obs = gi.observe(model, images, labels, threat=gi.ThreatModel(normalization=PHOTO_NORM))
+    left, _, _ = low_rank_factors(obs.update["net.1.weight"].double(), n)
+    norms = left.norm(dim=1)
+    return left[norms > 1e-5 * norms.max()]
+
+
+def _replaced_search(left: torch.Tensor, count: int, generator: torch.Generator, min_zeros: int) -> int:
+    """The search SPEAR used before (2026-12-01): per subset the top B-1 of iid uniforms, a complete QR, the screen
+    in float64. Returns the directions kept."""
+    rows, size = left.shape
+    left_norm = left / left.norm(dim=1)[:, None]
+    picks = torch.rand(count, rows, generator=generator, dtype=torch.float64).topk(size - 1, dim=1, sorted=False)
+    basis, triangle = torch.linalg.qr(left_norm[picks.indices].transpose(1, 2), mode="complete")
+    q = basis[triangle.diagonal(dim1=1, dim2=2).abs().amin(dim=1) > 1e-8, :, -1]
+    image = q @ left.T
+    small = image.abs() <= 1e-5 * image.abs().amax(dim=1, keepdim=True)
+    return int((small.sum(dim=1) >= min_zeros).sum())
+
+
+def spear_kernel(n: int = 20, chunks: int = 20) -> None:
+    from gradinv.attacks.spear import sample_directions
+
+    left = _spear_left(n)
+    min_zeros = max(n, int(0.15 * left.shape[0]))
+    print(f"\nspear search, batch {n}, {left.shape[0]} live rows, {chunks} x 8,192 submatrices")
+    print(f"{'search':<22}{'submatrices / s':>17}{'x replaced':>12}")
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for _ in range(chunks):
+        _replaced_search(left, 8192, generator, min_zeros)
+    before = chunks * 8192 / (time.perf_counter() - start)
+    start = time.perf_counter()
+    sample_directions(left, chunks * 8192, generator, zero_tol=1e-5, min_zeros=min_zeros)
+    now = chunks * 8192 / (time.perf_counter() - start)
+    print(f"{'replaced (QR)':<22}{before:>17,.0f}{1.0:>12.2f}")
+    print(f"{'current (LU, perm)':<22}{now:>17,.0f}{now / before:>12.2f}", flush=True)
+
+
+def spear_photos(seeds: int) -> None:
+    print(f"\n{'spear photos':<16}{'batch':>6}{'seed':>6}{'exact':>7}{'found':>7}{'s':>8}{'drawn':>12}")
+    runs = [("skimage", 20, 0)] + [("crops", n, seed) for n in (16, 20, 24) for seed in range(seeds)]
+    runs += [("lfw", 16, seed) for seed in range(seeds)]
+    for source, n, seed in runs:
+        images, labels = _photo_batch(source, n, seed)
+        model = gi.models.make("mlp", image_shape=(3, 32, 32), hidden=(500,), seed=seed)
+        obs = gi.observe(model, images, labels, threat=gi.ThreatModel(normalization=PHOTO_NORM))
+        rec = gi.attacks.make("spear", samples=10**9, max_seconds=60.0, seed=seed).reconstruct(obs)
+        exact = gi.metrics.score(rec, images, labels)["exact_fraction"]
+        drawn = rec.info["samples_drawn"]
+        found = rec.info["found"]
+        print(f"{source:<16}{n:>6}{seed:>6}{exact:>7.2f}{found:>7}{rec.seconds:>8.1f}{drawn:>12,}", flush=True)
+
+
 def rgap_models(repeats: int = 5) -> None:
     """R-GAP per model: PSNR, the rank verdict, each conv layer's solver, the first call's time and the median of
     ``repeats`` more (the first call in a process also pays the first touch of its dense matrices' memory)."""
@@ -101,7 +193,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--spear-sizes", type=int, nargs="+", default=[2, 4, 8, 12, 16, 20])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--parts", nargs="+", choices=["batch", "spear", "rgap"], default=["batch", "spear", "rgap"])
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["batch", "spear", "rgap", "spear_kernel", "spear_photos"],
+        default=["batch", "spear", "rgap"],
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads (BLAS keeps its own)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -124,6 +221,10 @@ def main() -> None:
         spear_failure_rate(args.spear_sizes, args.seeds)
     if "rgap" in args.parts:
         rgap_models()
+    if "spear_kernel" in args.parts:
+        spear_kernel()
+    if "spear_photos" in args.parts:
+        spear_photos(args.seeds)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,11 @@ scale-free: the squared share of the trial's norm on entries of the wrong sign (
 had at exactly zero), ``||min(0, s * g')||^2 / ||g'||^2`` (:func:`cone_distance`, gradinv's own; 0 inside the cone,
 1 at the opposite orthant). No noise, so no prior beyond the attack's own.
 
+ATS (Gao et al., CVPR 2021: the client's images through a searched augmentation policy) hides nothing from the
+inversion itself, which recovers the transformed images; Balunovic et al. (Sec. 6) and Wu et al. break it by knowing
+the policy. The adaptive attacker inverts the update as the plain one does and then undoes the policy on each image
+(:func:`gradinv.attacks.ats_decode.decode`: each image's signs chosen by the round trip, no ground truth).
+
 Every other recorded defense (MixUp, InstaHide: their encodings have their own decoding attack) raises
 ``ValueError`` with ``adaptive=True`` rather than silently running the plain attack.
 """
@@ -85,7 +90,12 @@ optimises the draws too."""
 SIGNS = frozenset({"sign"})
 """Defenses that share only signs: the adaptive objective matches the orthant."""
 
-ADAPTABLE = SPARSIFIERS | NOISE | QUANTIZERS | DROPOUT | SIGNS
+TRANSFORMS = frozenset({"ats"})
+"""Defenses that transform the client's images by a known policy: the update is an honest one of the transformed
+images, so the adaptive attacker inverts it as it is and undoes the policy on what it recovers
+(:mod:`gradinv.attacks.ats_decode`)."""
+
+ADAPTABLE = SPARSIFIERS | NOISE | QUANTIZERS | DROPOUT | SIGNS | TRANSFORMS
 """Every defense with an adaptive counterpart."""
 
 TV_PRIOR = 16.0
@@ -363,6 +373,16 @@ class Adaptation:
     draws: bool = False
     """The client drew at random in private (dropout, PRECODE in train mode): the attack optimises the draws too
     (:func:`private_draws`, one set per restart)."""
+    policy: str | None = None
+    """The client's ATS policy: the recovered images are decoded through it (:meth:`finish`)."""
+
+    def finish(self, images: torch.Tensor) -> torch.Tensor:
+        """The attack's images, with the client's ATS policy undone when there is one."""
+        if self.policy is None:
+            return images
+        from gradinv.attacks.ats_decode import decode
+
+        return decode(images, self.policy)[0].to(images)
 
     def info(self) -> dict[str, object]:
         """What the result records of the adaptation."""
@@ -375,6 +395,8 @@ class Adaptation:
             out["adaptive_update"] = "dpsgd clipping"
         if self.draws:
             out["private_draws"] = "optimised"
+        if self.policy is not None:
+            out["ats_decoded"] = self.policy
         return out
 
 
@@ -387,6 +409,10 @@ def adapt(observation: Observation, target: Sequence[torch.Tensor], batch_size: 
             combination whose likelihood is not built (quantisation with noise, quantisation twice).
     """
     view = defense_view(observation, target)
+    policies = [str(d["policy"]) for d in observation.defenses if d.get("name") in TRANSFORMS]
+    if len(policies) > 1:
+        raise ValueError("no adaptive counterpart for two ATS policies in one chain; run with adaptive=False")
+    policy = policies[0] if policies else None
     # in eval mode the client drew nothing
     draws = observation.threat.bn_mode == "train" and any(d.get("name") in DROPOUT for d in observation.defenses)
     noisy = any(
@@ -401,7 +427,7 @@ def adapt(observation: Observation, target: Sequence[torch.Tensor], batch_size: 
                 "no adaptive counterpart for sign compression beside another defense (the shared signs would be "
                 "of the other defense's output); run with adaptive=False"
             )
-        return Adaptation(list, cone_distance, 0.0, update, draws)  # a zero sign is kept: it asks for a zero
+        return Adaptation(list, cone_distance, 0.0, update, draws, policy)  # a zero sign is kept: it asks for a zero
     quantized = [d for d in observation.defenses if d.get("name") in QUANTIZERS]
     if quantized:
         if len(quantized) > 1 or noisy:
@@ -415,8 +441,8 @@ def adapt(observation: Observation, target: Sequence[torch.Tensor], batch_size: 
         entries = sum(t.numel() for t in target)
         variance = sum(float(t.abs().max() / half) ** 2 / 12 * t.numel() for t in target) / max(entries, 1)
         prior = 2 * variance * TV_PRIOR * batch_size * math.prod(observation.image_shape)
-        return Adaptation(view, cell_distance(lower, upper), prior, update, draws)
+        return Adaptation(view, cell_distance(lower, upper), prior, update, draws, policy)
     if noisy:
         distance = l1_distance if likelihood(observation) == "laplacian" else euclidean_distance
-        return Adaptation(view, distance, prior, update, draws)
-    return Adaptation(view, None, 0.0, update, draws)
+        return Adaptation(view, distance, prior, update, draws, policy)
+    return Adaptation(view, None, 0.0, update, draws, policy)

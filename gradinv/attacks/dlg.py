@@ -127,6 +127,8 @@ class DLG(Attack):
         loss, x_best, y_best = best
         labels = fixed if fixed is not None else y_best.argmax(dim=-1)
         images = denormalize(x_best, threat.normalization)
+        if adaptation:  # under ATS, the policy undone (adaptive.py)
+            images = adaptation.finish(images)
         info = {"gradient_distance": loss, "label_source": label_source, "adaptive": self.adaptive}
         if adaptation:
             info.update(adaptation.info())

@@ -218,6 +218,8 @@ class InvertingGradients(Attack):
         scores = [float(distance(view(update_of(x, False, r)), target).detach()) for r, x in enumerate(best_x)]
         chosen = min(range(self.restarts), key=lambda r: scores[r])  # restarts ranked by gradient loss (the paper)
         images = denormalize(best_x[chosen], threat.normalization)
+        if adaptation:  # under ATS, the policy undone (adaptive.py)
+            images = adaptation.finish(images)
         info = {
             "gradient_loss": scores[chosen],
             "label_source": label_source,

@@ -10,7 +10,7 @@ For a linear layer ``Z = W X + b 1^T`` followed by ReLU, with the batch's inputs
   sampling random ``(B-1)``-row submatrices and keeping kernels whose image ``L q`` is sparse finds the columns of
   ``Q`` up to scale (Alg. 1);
 - the bias gradient ``dL/db = (dL/dZ) 1 = L Q 1`` fixes the scales (Sec. 3.3), and ``X^T = Q^{-1} R`` follows;
-- a recovered sample is certified when its column of ``dL/dZ`` is zero on exactly the units its recomputed
+- a recovered sample passes when its column of ``dL/dZ`` is zero on every unit its recomputed
   pre-activation leaves inactive (the paper's ReLU consistency check, Sec. 4).
 
 The chance that a random submatrix isolates one sample falls as ``2^{-(B-1)}``: the cost grows exponentially with
@@ -112,22 +112,31 @@ def sample_directions(
         return left.new_zeros((0, size)), torch.zeros(0, dtype=torch.long)
     kept, zeros_kept = [], []
     left_norm = left / norms[:, None]
+    # the sparsity screen in float32 where the tolerance allows it (float32's rounding, ~1e-7 of the largest entry,
+    # stays far below it): half the time of the float64 product
+    screen = left.float() if zero_tol >= 1e-6 else left
+    groups = rows // (size - 1)
     done = 0
     while done < samples:
         count = min(chunk, samples - done)
         done += count
-        # a uniformly random (B-1)-subset of the rows per sample: the B-1 largest of iid uniforms (a partial
-        # selection; 5x faster than sorting all the rows, which took half of the attack's time)
-        draws = torch.rand(count, rows, generator=generator, dtype=torch.float64)
-        picks = draws.topk(size - 1, dim=1, sorted=False).indices
+        # uniformly random (B-1)-subsets of the rows: one random permutation of the rows cut into rows // (B-1)
+        # disjoint groups (each group a uniform subset; 8x cheaper than drawing every subset apart)
+        perms = torch.rand(-(-count // groups), rows, generator=generator).argsort(dim=1)
+        picks = perms[:, : groups * (size - 1)].reshape(-1, size - 1)[:count]
         sub = left_norm[picks]  # (count, B-1, B)
-        # the kernel of sub is the last column of the complete QR of sub^T; rank B-1 iff R's diagonal has no zero
-        basis, triangle = torch.linalg.qr(sub.transpose(1, 2), mode="complete")
-        diagonal = triangle.diagonal(dim1=1, dim2=2).abs()
-        simple = diagonal.amin(dim=1) > 1e-8 if size > 1 else torch.ones(count, dtype=torch.bool)
-        q = basis[simple, :, -1]  # (k, B)
-        image = q @ left.T  # (k, m)
-        small = image.abs() <= zero_tol * image.abs().amax(dim=1, keepdim=True)
+        # the kernel with its last coordinate fixed at 1: one (B-1) x (B-1) LU solve per submatrix (2.5x cheaper
+        # than a complete QR); a singular block (rank below B-1, or a kernel orthogonal to the last axis) is dropped
+        if size > 1:
+            solution, info = torch.linalg.solve_ex(sub[:, :, :-1], -sub[:, :, -1:])
+            q = torch.cat([solution[..., 0], torch.ones(count, 1, dtype=sub.dtype)], dim=1)
+            simple = (info == 0) & torch.isfinite(q).all(dim=1)
+            q = q[simple]
+        else:
+            q = torch.ones(count, 1, dtype=left.dtype)
+        q = q / q.norm(dim=1, keepdim=True)
+        size_of = (q.to(screen.dtype) @ screen.T).abs_()  # |L q|, (k, m)
+        small = size_of <= zero_tol * size_of.amax(dim=1, keepdim=True)
         zeros = small.sum(dim=1)
         good = zeros >= min_zeros
         kept.append(q[good])
@@ -172,13 +181,17 @@ def select_directions(directions: torch.Tensor, zeros: torch.Tensor, batch_size:
 def relu_consistency(
     gradient_z: torch.Tensor, pre_activation: torch.Tensor, zero_tol: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample, whether ``dL/dZ`` vanishes exactly on the units the recomputed ``Z`` leaves inactive
-    (SPEAR Sec. 4). Returns ``(consistent (B,) bool, fraction of units that agree (B,))``."""
+    """Per sample, whether ``dL/dZ`` vanishes on every unit the recomputed ``Z`` leaves inactive (SPEAR Sec. 4: a
+    ReLU passes no gradient there). The converse is not asked: an active unit may carry a vanishing gradient (its
+    share of the loss gradient, ``W_2^T dL/dh``, can be ~0), and asking it flagged exact samples as inconsistent (one
+    unit in 500, in about a quarter of batches of 16-20 photograph crops). A wrong direction still fails: its
+    ``dL/dZ`` mixes samples, so it is non-zero on units its recomputed input leaves inactive. Returns ``(consistent
+    (B,) bool, fraction of units that satisfy the rule (B,))``."""
     scale = gradient_z.abs().amax(dim=0, keepdim=True).clamp_min(1e-300)
     zero = gradient_z.abs() <= zero_tol * scale
     inactive = pre_activation <= 0
     borderline = pre_activation.abs() <= 1e-6 * pre_activation.abs().amax(dim=0, keepdim=True)
-    agree = (zero == inactive) | borderline
+    agree = zero | ~inactive | borderline
     fraction = agree.double().mean(dim=0)
     return fraction == 1.0, fraction
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gradinv.defenses.ats import ATS
 from gradinv.defenses.base import Defense
 from gradinv.defenses.dpsgd import DPSGD
 from gradinv.defenses.dropout import Dropout
@@ -30,6 +31,7 @@ REGISTRY: dict[str, tuple[type[Defense], str]] = {
     "soteria": (Soteria, "Soteria (Sun et al. CVPR 2021): mask the representation's gradient; pruning_rate"),
     "dropout": (Dropout, "dropout before the classifier while the client trains (Zheng 2021); p"),
     "precode": (Precode, "PRECODE (Scheliga et al. WACV 2022): a variational bottleneck before the classifier; latent"),
+    "ats": (ATS, "ATS (Gao et al. CVPR 2021): the client's images through a searched augmentation policy; policy"),
 }
 
 
@@ -52,6 +54,7 @@ def make(name: str, **kwargs: Any) -> Defense:
 
 
 __all__ = [
+    "ATS",
     "DPSGD",
     "Defense",
     "Dropout",
