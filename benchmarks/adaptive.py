@@ -12,7 +12,8 @@ rounding cells; under dropout, the masks optimised too; under signs, the orthant
 the update; under ATS, the policy undone on the recovered image, each sign chosen by the round trip). The baseline
 is the same attack on the undefended update, measured in the same run. A defense without an adaptive counterpart
 prints ``n/a`` (the attack refuses ``adaptive=True`` there rather than run the plain one under the adaptive name).
-``vs enc.``: the plain attack's PSNR against what the client trained on (ATS's transformed image; ``-`` where that
+``--fedavg k``: the client shares a FedAvg update of ``k`` local steps (lr 0.1) instead of a gradient. ``vs enc.``: the
+plain attack's PSNR against what the client trained on (ATS's transformed image; ``-`` where that
 is the photograph itself).
 
 ``--ats``: instead, ATS in detail: iDLG on three photographs (cat, astronaut, rocket) and both of the paper's policies,
@@ -105,6 +106,9 @@ def main() -> None:
     parser.add_argument("--defenses", nargs="+", choices=sorted(DEFENSES), default=list(DEFENSES))
     parser.add_argument("--attacks", nargs="+", choices=sorted(ATTACKS), default=list(ATTACKS))
     parser.add_argument("--ats", action="store_true", help="ATS in detail (kept region, utility) instead")
+    parser.add_argument(
+        "--fedavg", type=int, default=0, help="the client shares a FedAvg update of this many local steps (lr 0.1)"
+    )
     args = parser.parse_args()
     if args.ats:
         ats_detail()
@@ -112,7 +116,8 @@ def main() -> None:
     shape = (3, args.size, args.size)
     model = gi.models.make("lenet", num_classes=10, image_shape=shape, seed=0)
     images, labels = gi.data.load("skimage", indices=[args.image], size=args.size)
-    undefended = gi.observe(model, images, labels, seed=0)
+    threat = gi.ThreatModel(update="fedavg", local_steps=args.fedavg, local_lr=0.1) if args.fedavg else gi.ThreatModel()
+    undefended = gi.observe(model, images, labels, seed=0, threat=threat)
     print(
         f"{'defense':<12}{'attack':<22}{'no defense':>11}{'plain':>8}{'vs enc.':>9}{'adaptive':>10}{'gain':>7}"
         f"{'seconds':>9}"
@@ -122,7 +127,7 @@ def main() -> None:
         for key in args.defenses:
             name, options = DEFENSES[key]
             defense = gi.defenses.make(name, **options)
-            obs = gi.observe(model, images, labels, seed=0, defenses=[defense])
+            obs = gi.observe(model, images, labels, seed=0, defenses=[defense], threat=threat)
             encoded, _ = encode_batch(images, labels, 10, [defense], seed=0)
             start = time.perf_counter()
             plain_rec = gi.attacks.make(attack, **ATTACKS[attack]).reconstruct(obs)

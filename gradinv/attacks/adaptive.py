@@ -22,8 +22,10 @@ the noise is the same with ``lambda = 0``; Inverting Gradients' cosine distance 
 DP-SGD (Abadi et al., CCS 2016, Alg. 1): the shared gradient is ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2)) / B``. The
 adaptive attacker computes its trial update through the same operator (:func:`clipped_update`: per-sample gradients,
 each scaled to norm at most ``C``, averaged) and matches it with the posterior above at the noise's std
-``sigma C / B`` (the server sets the clipping bound and the noise multiplier, so it knows them). Built for a shared
-gradient; a FedAvg update of several DP-SGD steps is refused.
+``sigma C / B`` (the server sets the clipping bound and the noise multiplier, so it knows them). Over FedAvg the
+client runs ``k`` local DP-SGD steps: the trial unrolls the same steps, each clipped per sample, and the noise of the
+update is the sum of the steps' noises scaled by the step size (std ``lr sigma C / b`` each, ``b`` the local
+mini-batch).
 
 Laplacian noise: the likelihood is ``exp(-||g(x) - g||_1 / b)`` (``b = sigma / sqrt 2``), so the distance is L1 and
 the prior's weight ``b lambda`` (the same Bayesian derivation).
@@ -68,11 +70,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.func import functional_call
 
 from gradinv.attacks.objectives import euclidean_distance, l1_distance
 from gradinv.defenses.precode import VariationalBottleneck
 from gradinv.observation import Observation, ThreatModel
-from gradinv.update import compute_update
+from gradinv.update import minibatches, model_loss
 
 SPARSIFIERS = frozenset({"prune", "topk", "soteria"})
 """Defenses that zero entries of the update and leave the rest exact: the adaptive view keeps only what survived."""
@@ -142,25 +145,25 @@ def noise_prior(observation: Observation, batch_size: int) -> float:
     """The weight of the mean total variation in the noise-aware objective (module docstring), in the update's units,
     for a trial batch of ``batch_size`` inputs; 0 when no noise is recorded. Gaussian noise: ``2 sigma^2 lambda``
     times the batch's number of input entries (noises added one after another add their variances; DP-SGD's is
-    ``(noise_multiplier * max_grad_norm / B)^2``). Laplacian noise of std ``sigma`` (scale ``b = sigma / sqrt 2``):
+    ``(noise_multiplier * max_grad_norm / B)^2``, over ``k`` local steps of size ``lr`` on mini-batches of ``b``:
+    ``k (lr noise_multiplier max_grad_norm / b)^2``). Laplacian noise of std ``sigma`` (scale ``b = sigma / sqrt 2``):
     the likelihood is ``exp(-||g(x) - g||_1 / b)``, so the objective is the L1 distance plus ``b lambda`` times the
     entries (:func:`likelihood`).
 
     Raises:
-        ValueError: Laplacian noise beside other noise (their sum has no closed-form likelihood), or DP-SGD over
-            FedAvg steps.
+        ValueError: Laplacian noise beside other noise (their sum has no closed-form likelihood).
     """
     variance, laplace = 0.0, []
     for defense in observation.defenses:
         name = defense.get("name")
         if name == "dpsgd":
-            if observation.threat.update != "gradient":
-                raise ValueError(
-                    "no adaptive counterpart yet for DP-SGD over FedAvg steps (built for a shared gradient; run "
-                    "with adaptive=False)"
-                )
-            std = float(defense["noise_multiplier"]) * float(defense["max_grad_norm"]) / batch_size
-            variance += std**2
+            threat = observation.threat
+            step_batch = batch_size if threat.local_batch_size is None else min(threat.local_batch_size, batch_size)
+            std = float(defense["noise_multiplier"]) * float(defense["max_grad_norm"]) / step_batch
+            if threat.update == "gradient":
+                variance += std**2
+            else:  # the update sums local_steps independent noises, each scaled by the step size
+                variance += threat.local_steps * (threat.local_lr * std) ** 2
         elif name == "noise" and defense.get("distribution", "gaussian") == "laplacian":
             laplace.append(float(defense["std"]))
         elif name == "noise":
@@ -189,20 +192,49 @@ UpdateFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, ThreatModel], 
 """Computes a trial's update, differentiably: ``(model, inputs, labels, threat) -> update``."""
 
 
-def clipped_update(
-    model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, max_grad_norm: float
+def clipped_gradient(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    weights: list[torch.Tensor],
+    max_grad_norm: float,
 ) -> list[torch.Tensor]:
-    """DP-SGD's update without its noise, differentiable w.r.t. ``inputs``: each sample's gradient scaled to norm at
-    most ``max_grad_norm``, then averaged (Abadi et al., Alg. 1; what Opacus computes before adding noise)."""
+    """One DP-SGD step's gradient without its noise, at the parameters ``weights`` (in ``state``), differentiable
+    w.r.t. ``inputs``: each sample's gradient scaled to norm at most ``max_grad_norm``, then averaged (Abadi et al.,
+    Alg. 1; what Opacus computes before adding noise)."""
     total: list[torch.Tensor] | None = None
     for i in range(inputs.shape[0]):
-        grads = compute_update(model, inputs[i : i + 1], labels[i : i + 1], threat, create_graph=True)
+        loss = model_loss(functional_call(model, state, (inputs[i : i + 1],)), labels[i : i + 1], model)
+        grads = torch.autograd.grad(loss, weights, create_graph=True)
         norm = torch.sqrt(sum((g * g).sum() for g in grads))  # type: ignore[arg-type]
         factor = torch.clamp(max_grad_norm / (norm + 1e-12), max=1.0)
         scaled = [g * factor for g in grads]
         total = scaled if total is None else [t + g for t, g in zip(total, scaled, strict=True)]
     assert total is not None
     return [t / inputs.shape[0] for t in total]
+
+
+def clipped_update(
+    model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, max_grad_norm: float
+) -> list[torch.Tensor]:
+    """DP-SGD's update without its noise, differentiable w.r.t. ``inputs``: one clipped gradient (a shared gradient),
+    or ``w_before - w_after`` after ``threat.local_steps`` local DP-SGD steps on the client's mini-batches in data
+    order, each step's gradient clipped per sample (a FedAvg update: the DP-SGD client's own loop, unrolled)."""
+    names = [n for n, _ in model.named_parameters()]
+    params = [p for _, p in model.named_parameters()]
+    buffers = dict(model.named_buffers())
+    weights: list[torch.Tensor] = list(params)
+    if threat.update == "gradient":
+        return clipped_gradient(model, {**buffers, **dict(zip(names, weights, strict=True))}, inputs, labels,
+                                weights, max_grad_norm)  # fmt: skip
+    batches = minibatches(inputs.shape[0], threat.local_batch_size)
+    for step in range(threat.local_steps):
+        idx = batches[step % len(batches)]
+        state = {**buffers, **dict(zip(names, weights, strict=True))}
+        grads = clipped_gradient(model, state, inputs[idx], labels[idx], weights, max_grad_norm)
+        weights = [w - threat.local_lr * g for w, g in zip(weights, grads, strict=True)]
+    return [p0 - w for p0, w in zip(params, weights, strict=True)]
 
 
 def trial_update(observation: Observation) -> UpdateFn | None:

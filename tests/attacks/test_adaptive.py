@@ -3,6 +3,8 @@ the defense let through; it never falls back to the plain attack silently."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -175,9 +177,47 @@ def test_adaptive_idlg_computes_its_trial_through_dpsgd_s_clipping() -> None:
     # Assert: matching the clipped update with an unclipped trial fails; clipping the trial too recovers the image
     # (measured 5.6 against 38.6 dB)
     assert psnr[False] < 10 and psnr[True] > 30, psnr
-    fedavg = gi.observe(model, images, labels, seed=0, defenses=[dp], threat=gi.ThreatModel(update="fedavg"))
-    with pytest.raises(ValueError, match="DP-SGD over FedAvg steps"):
-        gi.attacks.make("idlg", steps=1, adaptive=True).reconstruct(fedavg)
+
+
+def test_the_adaptive_trial_unrolls_dpsgd_s_local_steps_over_fedavg() -> None:
+    # Prepare: two photographs, three local DP-SGD steps on mini-batches of one (Opacus, no noise) as the reference
+    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
+    images, labels = gi.data.load("skimage", indices=[1, 2], size=16)
+    threat = gi.ThreatModel(update="fedavg", local_steps=3, local_lr=0.5, local_batch_size=1)
+    x = gi.fl.client.normalize(images, threat.normalization)
+    dp = gi.defenses.make("dpsgd", noise_multiplier=0.0, max_grad_norm=0.5)
+    client_model = dp.prepare_model(copy.deepcopy(model))  # the client steps its own copy in place
+    client = dp.client_update(client_model, x, labels, threat, torch.Generator().manual_seed(0))
+    # Execute
+    ours = clipped_update(model, x, labels, threat, 0.5)
+    # Assert: the same steps on the same mini-batches, each clipped per sample (each moves the weights, so a
+    # trial that clipped only once, or took one step, would differ)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, client, strict=True))
+    one = clipped_update(model, x, labels, gi.ThreatModel(), 0.5)
+    assert not torch.allclose(ours[0], 3 * 0.5 * one[0], atol=1e-4)
+    # and the noise of the update: three steps' noises, each lr * sigma * C / b
+    noisy_dp = gi.defenses.make("dpsgd", noise_multiplier=2.0, max_grad_norm=0.5)
+    noisy = gi.observe(model, images, labels, threat=threat, defenses=[noisy_dp])
+    expected = 2 * 3 * (0.5 * 2.0 * 0.5 / 1) ** 2 * TV_PRIOR * 2 * 3 * 16 * 16
+    assert noise_prior(noisy, 2) == pytest.approx(expected)
+
+
+def test_adaptive_dlg_breaks_dpsgd_clipping_over_fedavg() -> None:
+    # Prepare: the cat through DLG's LeNet, two local DP-SGD steps clipped at 0.1 (no noise)
+    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
+    images, labels = gi.data.load("skimage", indices=[1], size=16)
+    threat = gi.ThreatModel(update="fedavg", local_steps=2, local_lr=0.1)
+    dp = gi.defenses.make("dpsgd", noise_multiplier=0.0, max_grad_norm=0.1)
+    obs = gi.observe(model, images, labels, seed=0, defenses=[dp], threat=threat)
+    # Execute
+    psnr = {
+        a: gi.metrics.score(
+            gi.attacks.make("idlg", steps=50, line_search="strong_wolfe", adaptive=a).reconstruct(obs), images, labels
+        )["psnr"]
+        for a in (False, True)
+    }
+    # Assert: the unclipped trial fails, the trial through the client's clipped local steps recovers the cat
+    assert psnr[False] < 12 and psnr[True] > 25, psnr
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
