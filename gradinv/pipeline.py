@@ -206,14 +206,17 @@ def run_vertical(config: VerticalConfig, out: str | Path, *, overwrite: bool = F
         num_classes=config.num_classes,
         root=config.root,
     )
-    shape = (config.channels, config.size, config.size)
-    model = vertical.VerticalModel(
-        image_shape=shape, parties=config.parties, num_classes=config.num_classes, seed=config.seed
+    record = vertical.simulate(
+        images,
+        labels,
+        parties=config.parties,
+        num_classes=config.num_classes,
+        batch_size=config.batch_size,
+        iterations=config.iterations,
+        lr=config.lr,
+        seed=config.seed,
     )
-    iterations = config.iterations or 2 * config.samples
-    record = vertical.train_vertical(
-        model, images, labels, batch_size=config.batch_size, iterations=iterations, lr=config.lr, seed=config.seed
-    )
+    iterations = len(record.batches)
     results = {}
     for name, alignment in (("cafe", 1.0), ("cafe_no_alignment", 0.0)):
         log.info("running %s", name)

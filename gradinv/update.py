@@ -9,6 +9,7 @@ that replace the client's training step (DP-SGD, Soteria) build on them too.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,26 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
+StepGradient = Callable[[nn.Module, dict[str, torch.Tensor], torch.Tensor, torch.Tensor, list[torch.Tensor]],
+                        list[torch.Tensor]]  # fmt: skip
+"""``(model, state, inputs, labels, weights) -> gradient``: one step's gradient w.r.t. ``weights`` (the parameters in
+``state``, which also holds the buffers) for a mini-batch."""
+
+
+def loss_gradient(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    weights: list[torch.Tensor],
+    *,
+    create_graph: bool = False,
+) -> list[torch.Tensor]:
+    """The plain SGD step's gradient: of the mean training loss (:func:`model_loss`) at ``state``."""
+    loss = model_loss(functional_call(model, state, (inputs,)), labels, model)
+    return list(torch.autograd.grad(loss, weights, create_graph=create_graph))
+
+
 def compute_update(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -75,6 +96,7 @@ def compute_update(
     threat: ThreatModel,
     *,
     create_graph: bool = False,
+    step_gradient: StepGradient | None = None,
 ) -> list[torch.Tensor]:
     """The update a client shares, in ``model.named_parameters()`` order.
 
@@ -84,24 +106,28 @@ def compute_update(
         labels: ``(N,)`` class indices or ``(N, K)`` soft labels.
         threat: says whether a gradient or a FedAvg update is shared, and the local steps, lr and mini-batches.
         create_graph: keep the graph so the update can be differentiated w.r.t. ``inputs`` (attacker side).
+        step_gradient: each step's gradient in place of the loss's (:func:`loss_gradient`), e.g. DP-SGD's clipped one
+            on the attacker's side.
 
     Returns:
         The gradient of the mean loss, or ``w_before - w_after`` after ``threat.local_steps`` SGD steps.
     """
-    if threat.update == "gradient":
+    if step_gradient is None and threat.update == "gradient":
         loss = model_loss(model(inputs), labels, model)
         return list(torch.autograd.grad(loss, list(model.parameters()), create_graph=create_graph))
-    # FedAvg: unrolled local SGD (Geiping et al. 2020, Sec. 4 "multiple local steps").
+    gradient = step_gradient or (lambda m, s, x, y, w: loss_gradient(m, s, x, y, w, create_graph=create_graph))
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
     buffers = dict(model.named_buffers())
     weights: list[torch.Tensor] = list(params)
+    if threat.update == "gradient":
+        return gradient(model, {**buffers, **dict(zip(names, weights, strict=True))}, inputs, labels, weights)
+    # FedAvg: unrolled local SGD (Geiping et al. 2020, Sec. 4 "multiple local steps").
     batches = minibatches(inputs.shape[0], threat.local_batch_size)
     for step in range(threat.local_steps):
         idx = batches[step % len(batches)]
         state = {**buffers, **dict(zip(names, weights, strict=True))}
-        loss = model_loss(functional_call(model, state, (inputs[idx],)), labels[idx], model)
-        grads = torch.autograd.grad(loss, weights, create_graph=create_graph)
+        grads = gradient(model, state, inputs[idx], labels[idx], weights)
         weights = [w - threat.local_lr * g for w, g in zip(weights, grads, strict=True)]
     return [p0 - w for p0, w in zip(params, weights, strict=True)]
 

@@ -72,10 +72,11 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
+from gradinv.attacks.ats_decode import decode
 from gradinv.attacks.objectives import euclidean_distance, l1_distance
 from gradinv.defenses.precode import VariationalBottleneck
 from gradinv.observation import Observation, ThreatModel
-from gradinv.update import minibatches, model_loss
+from gradinv.update import compute_update, model_loss
 
 SPARSIFIERS = frozenset({"prune", "topk", "soteria"})
 """Defenses that zero entries of the update and leave the rest exact: the adaptive view keeps only what survived."""
@@ -221,20 +222,13 @@ def clipped_update(
     """DP-SGD's update without its noise, differentiable w.r.t. ``inputs``: one clipped gradient (a shared gradient),
     or ``w_before - w_after`` after ``threat.local_steps`` local DP-SGD steps on the client's mini-batches in data
     order, each step's gradient clipped per sample (a FedAvg update: the DP-SGD client's own loop, unrolled)."""
-    names = [n for n, _ in model.named_parameters()]
-    params = [p for _, p in model.named_parameters()]
-    buffers = dict(model.named_buffers())
-    weights: list[torch.Tensor] = list(params)
-    if threat.update == "gradient":
-        return clipped_gradient(model, {**buffers, **dict(zip(names, weights, strict=True))}, inputs, labels,
-                                weights, max_grad_norm)  # fmt: skip
-    batches = minibatches(inputs.shape[0], threat.local_batch_size)
-    for step in range(threat.local_steps):
-        idx = batches[step % len(batches)]
-        state = {**buffers, **dict(zip(names, weights, strict=True))}
-        grads = clipped_gradient(model, state, inputs[idx], labels[idx], weights, max_grad_norm)
-        weights = [w - threat.local_lr * g for w, g in zip(weights, grads, strict=True)]
-    return [p0 - w for p0, w in zip(params, weights, strict=True)]
+
+    def step(
+        m: torch.nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        return clipped_gradient(m, state, x, y, w, max_grad_norm)
+
+    return compute_update(model, inputs, labels, threat, create_graph=True, step_gradient=step)
 
 
 def trial_update(observation: Observation) -> UpdateFn | None:
@@ -412,8 +406,6 @@ class Adaptation:
         """The attack's images, with the client's ATS policy undone when there is one."""
         if self.policy is None:
             return images
-        from gradinv.attacks.ats_decode import decode
-
         return decode(images, self.policy)[0].to(images)
 
     def info(self) -> dict[str, object]:

@@ -184,9 +184,11 @@ def relu_consistency(
     """Per sample, whether ``dL/dZ`` vanishes on every unit the recomputed ``Z`` leaves inactive (SPEAR Sec. 4: a
     ReLU passes no gradient there). The converse is not asked: an active unit may carry a vanishing gradient (its
     share of the loss gradient, ``W_2^T dL/dh``, can be ~0), and asking it flagged exact samples as inconsistent (one
-    unit in 500, in about a quarter of batches of 16-20 photograph crops). A wrong direction still fails: its
-    ``dL/dZ`` mixes samples, so it is non-zero on units its recomputed input leaves inactive. Returns ``(consistent
-    (B,) bool, fraction of units that satisfy the rule (B,))``."""
+    unit in 500: 1 of 20 batches of 8 photographs in ``benchmarks/certificates.py``, two of three seed-0 batches of
+    photograph crops). A wrong direction's ``dL/dZ`` mixes samples and is in general non-zero on units its recomputed
+    input leaves inactive, so it fails; the rule alone proves nothing, and a certificate also needs each sample's own
+    gradient on every unit (:mod:`gradinv.attacks.certify`). Returns ``(consistent (B,) bool, fraction of units that
+    satisfy the rule (B,))``."""
     scale = gradient_z.abs().amax(dim=0, keepdim=True).clamp_min(1e-300)
     zero = gradient_z.abs() <= zero_tol * scale
     inactive = pre_activation <= 0

@@ -19,7 +19,7 @@ from gradinv.evaluate.cost import full_recovery
 from gradinv.evaluate.grid import config_key
 from gradinv.evaluate.utility import Utility, utility
 from gradinv.fl.client import encode_batch, observe
-from gradinv.fl.vertical import VerticalModel, train_vertical
+from gradinv.fl.vertical import simulate
 from gradinv.observation import ThreatModel
 
 
@@ -222,19 +222,14 @@ def run_vertical_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, 
         root=config["root"],
     )
     setup = config["vertical"]
-    model = VerticalModel(
-        image_shape=(config["channels"], config["size"], config["size"]),
-        parties=setup["parties"],
-        num_classes=config["num_classes"],
-        seed=config["seed"],
-    )
     chain = [defenses.make(name, **params) for name, params in config["defenses"]]
-    record = train_vertical(
-        model,
+    record = simulate(
         images,
         labels,
+        parties=setup["parties"],
+        num_classes=config["num_classes"],
         batch_size=config["batch_size"],
-        iterations=setup["iterations"] or 2 * images.shape[0],
+        iterations=setup["iterations"] or None,
         lr=setup["lr"],
         seed=config["seed"],
         defenses=chain,

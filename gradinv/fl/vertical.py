@@ -229,6 +229,36 @@ def train_vertical(
     )
 
 
+def simulate(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    parties: int,
+    num_classes: int,
+    batch_size: int,
+    iterations: int | None = None,
+    lr: float = 0.0,
+    seed: int = 0,
+    defenses: Sequence[Defense] = (),
+) -> VerticalObservation:
+    """A vertical FL run on ``(images, labels)``: the parties' :class:`VerticalModel` seeded by ``seed``, trained by
+    :func:`train_vertical` for ``iterations`` batches (default twice the samples: enough for CAFE's Steps I-II to have
+    full rank)."""
+    images = check_images(images)
+    c, h, w = (int(d) for d in images.shape[1:])
+    model = VerticalModel(image_shape=(c, h, w), parties=parties, num_classes=num_classes, seed=seed)
+    return train_vertical(
+        model,
+        images,
+        labels,
+        batch_size=batch_size,
+        iterations=iterations or 2 * images.shape[0],
+        lr=lr,
+        seed=seed,
+        defenses=defenses,
+    )
+
+
 def record_residual(observation: VerticalObservation, images: torch.Tensor) -> dict[str, float]:
     """How well ``images`` (all ``N`` samples, in index order) reproduce the whole observed record: every iteration's
     gradient recomputed at its replayed weights on its batch, all concatenated, against the observed ones:
