@@ -19,7 +19,7 @@ from rich.table import Table
 from gradinv import attacks, data, defenses, models
 from gradinv.attacks.base import Callback
 from gradinv.data import NORMALIZATIONS
-from gradinv.observation import ThreatModel
+from gradinv.observation import SOK_KNOWLEDGE, SOK_PRESETS, ThreatModel, sok_fields, sok_missing
 from gradinv.pipeline import RunConfig, VerticalConfig, run, run_vertical
 
 app = typer.Typer(
@@ -73,11 +73,26 @@ def _progress() -> Iterator[Any]:
         yield factory
 
 
-def _threat(normalize: str, **fields: Any) -> ThreatModel:
-    """The threat model of the command-line options; ``normalize`` names the client's input normalisation."""
+KNOWLEDGE_FLAGS = {
+    "knows_labels": ("--labels", False),
+    "knows_batch_size": ("--batch-size-unknown", True),
+    "knows_bn_stats": ("--bn-stats", False),
+    "server": ("--server", "honest"),
+}
+"""The options that say what the attacker knows (and their defaults): a ``--preset`` letter sets them itself."""
+
+
+def _threat(normalize: str, preset: str | None = None, **fields: Any) -> ThreatModel:
+    """The threat model of the command-line options; ``normalize`` names the client's input normalisation, ``preset``
+    a SoK threat model (``ThreatModel.preset``) that sets what the attacker knows."""
     if normalize not in NORMALIZATIONS:
         raise typer.BadParameter(f"--normalize must be one of {list(NORMALIZATIONS)}, got {normalize!r}")
-    return ThreatModel(normalization=NORMALIZATIONS[normalize], **fields)
+    if preset is None:
+        return ThreatModel(normalization=NORMALIZATIONS[normalize], **fields)
+    changed = [flag for key, (flag, default) in KNOWLEDGE_FLAGS.items() if fields.pop(key) != default]
+    if changed:
+        raise ValueError(f"--preset {preset} sets what the attacker knows itself: drop {', '.join(changed)}")
+    return ThreatModel.preset(preset.upper(), normalization=NORMALIZATIONS[normalize], **fields)
 
 
 PYTHON_TO_CLI = {
@@ -174,6 +189,9 @@ def attack(
     bn_stats: bool = typer.Option(False, "--bn-stats/--no-bn-stats", help="Attacker knows the batch BN statistics."),
     normalize: str = typer.Option("none", help=f"Client input normalisation: {', '.join(NORMALIZATIONS)}."),
     server: str = typer.Option("honest", help="honest or malicious."),
+    preset: str | None = typer.Option(
+        None, help="A SoK threat model A-H (Carletti et al. 2025; `gradinv list`): sets what the attacker knows."
+    ),
     seed: int = typer.Option(0, help="Seeds the data draw, the client and the model."),
     model_seed: int | None = typer.Option(None, help="Seeds the model's initialisation (default: --seed)."),
     client_images: int = typer.Option(256, help="The client's training set, for MixUp/InstaHide's pool=dataset."),
@@ -184,6 +202,7 @@ def attack(
     try:
         threat = _threat(
             normalize,
+            preset,
             server=server,
             update=update,
             local_steps=local_steps,
@@ -535,6 +554,7 @@ def list_all() -> None:
         ("defenses", defenses.describe()),
         ("models", models.describe()),
         ("datasets", data.describe()),
+        ("threat models (--preset; Carletti et al., USENIX Security 2025)", _presets()),
     ):
         table = Table(title=title, show_header=False)
         table.add_column("name", style="bold")
@@ -542,6 +562,18 @@ def list_all() -> None:
         for name, line in entries.items():
             table.add_row(name, line)
         console.print(table)
+
+
+def _presets() -> dict[str, str]:
+    """One line per SoK threat model: what the attacker has, the fields it sets, the attacks that run under it."""
+    out = {}
+    for letter, (title, has) in SOK_PRESETS.items():
+        knows = "; ".join(line for key, line in SOK_KNOWLEDGE.items() if key in has)
+        fields = ", ".join(f"{k}={v}" for k, v in sok_fields(letter).items())
+        graded = {a: attacks.REGISTRY[a].sok for a in attacks.names("horizontal")}
+        runs = [a for a, grade in graded.items() if grade is not None and not sok_missing(letter, grade)]
+        out[letter] = f"{title}: {knows}. Sets {fields}. Attacks: {', '.join(runs) or 'none'}"
+    return out
 
 
 @app.callback()

@@ -54,6 +54,11 @@ class ThreatModel:
         knows_bn_stats: the attacker is given the batch's BatchNorm statistics (mean, variance of each BN input).
         normalization: the client's input normalisation ``((mean per channel), (std per channel))``, or ``None`` for
             none; the model is fed ``(x - mean) / std`` of pixel images ``x`` in [0, 1].
+        knows_training: the attacker knows the client's training details (local steps, learning rate, mini-batches):
+            needed to interpret a FedAvg update (the SoK's "training details", threat models C and above).
+        sok: the threat model of Carletti et al.'s SoK (USENIX Security 2025) this one was built from
+            (:meth:`preset`), ``"A"``-``"H"``; ``None``: set field by field. With a letter, the knowledge fields
+            must be the letter's (:data:`SOK_PRESETS`) and attacks the SoK grades above it are refused.
     """
 
     server: Literal["honest", "malicious"] = "honest"
@@ -66,6 +71,33 @@ class ThreatModel:
     bn_mode: Literal["train", "eval"] = "train"
     knows_bn_stats: bool = False
     normalization: Normalization | None = None
+    knows_training: bool = True
+    sok: Literal["A", "B", "C", "D", "E", "F", "G", "H"] | None = None
+
+    @classmethod
+    def preset(cls, letter: str, **client: Any) -> ThreatModel:
+        """The SoK's threat model ``letter`` (Carletti et al., USENIX Security 2025, Sec. 3; :data:`SOK_PRESETS`).
+
+        The letter sets what the attacker knows: ``server`` (malicious with active manipulation, F-H),
+        ``knows_training`` (training details, C and above), ``knows_bn_stats`` and ``knows_labels`` (the client
+        data's distribution, E only); the batch size is known in all (FedAvg weighs clients by it). ``client`` sets
+        how the client trains, which no letter fixes: ``update``, ``local_steps``, ``local_lr``,
+        ``local_batch_size``, ``bn_mode``, ``normalization``.
+
+        Raises:
+            ValueError: an unknown letter, or ``client`` naming a field the letter sets.
+        """
+        if letter not in SOK_PRESETS:
+            raise ValueError(f"unknown SoK threat model {letter!r}; available: {', '.join(SOK_PRESETS)}")
+        fixed = sok_fields(letter)
+        clash = sorted(set(client) & (set(fixed) | {"sok"}))
+        if clash:
+            raise ValueError(
+                f"threat model {letter} ({SOK_PRESETS[letter][0]}) sets {', '.join(clash)} itself; "
+                "pass only how the client trains (update, local_steps, local_lr, local_batch_size, bn_mode, "
+                "normalization) or build the ThreatModel field by field"
+            )
+        return cls(sok=letter, **fixed, **client)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(ThreatModel)
@@ -91,6 +123,14 @@ class ThreatModel:
                 )
         if self.normalization is not None:
             object.__setattr__(self, "normalization", _check_normalization(self.normalization))
+        if self.sok is not None:
+            wrong = {k: v for k, v in sok_fields(self.sok).items() if getattr(self, k) != v}
+            if wrong:
+                raise ValueError(
+                    f"ThreatModel.sok={self.sok!r} ({SOK_PRESETS[self.sok][0]}) means "
+                    f"{', '.join(f'{k}={v!r}' for k, v in wrong.items())}; build it with ThreatModel.preset("
+                    f"{self.sok!r}) or drop sok to set the fields one by one"
+                )
 
     def as_gradient(self) -> ThreatModel:
         """The same threat model for a client that shares its gradient (the local-training fields reset)."""
@@ -109,6 +149,54 @@ class ThreatModel:
         if unknown:
             raise ValueError(f"unknown ThreatModel fields {sorted(unknown)}; expected some of {sorted(known)}")
         return cls(**data)
+
+
+SOK_KNOWLEDGE = {
+    "updates": "the client's updates (and the model it trained)",
+    "basic": "basic knowledge of the data domain (pixel range, input normalisation, image priors such as TV)",
+    "training": "the client's training details (local steps, learning rate, mini-batches)",
+    "surrogate": "surrogate data from the client's domain (to train a generative prior, place imprint bins)",
+    "distribution": "the client data's distribution (its batch's BatchNorm statistics, its labels)",
+    "active": "active manipulation (the server alters the model it sends)",
+    "selection": "client selection (the server picks or injects clients)",
+}
+"""The columns of the SoK's threat-model table (Carletti et al., USENIX Security 2025, Table 1)."""
+
+_EAVESDROPPER = frozenset({"updates"})
+_INFORMED = _EAVESDROPPER | {"basic"}
+_PARAMETERS = _INFORMED | {"training"}
+_DATA = _PARAMETERS | {"surrogate"}
+_MANIPULATOR = _PARAMETERS | {"active"}
+
+SOK_PRESETS: dict[str, tuple[str, frozenset[str]]] = {
+    "A": ("Eavesdropper", _EAVESDROPPER),
+    "B": ("Informed Eavesdropper", _INFORMED),
+    "C": ("Parameter-Aware Eavesdropper", _PARAMETERS),
+    "D": ("Data-Enhanced Eavesdropper", _DATA),
+    "E": ("Statistical-Informed Eavesdropper", _DATA | {"distribution"}),
+    "F": ("Active Manipulator", _MANIPULATOR),
+    "G": ("Data-Enhanced Manipulator", _MANIPULATOR | {"surrogate"}),
+    "H": ("Active Client Manipulator", _MANIPULATOR | {"surrogate", "selection"}),
+}
+"""The SoK's threat models A-H: name and what the attacker has (Carletti et al. 2025, Table 1; the authors' table at
+github.com/gparrella12/sok_gias_fl). An attack graded ``X`` runs under ``Y`` when ``Y`` has all that ``X`` has."""
+
+
+def sok_fields(letter: str) -> dict[str, Any]:
+    """The :class:`ThreatModel` knowledge fields that SoK threat model ``letter`` sets."""
+    has = SOK_PRESETS[letter][1]
+    return {
+        "server": "malicious" if "active" in has else "honest",
+        "knows_training": "training" in has,
+        "knows_bn_stats": "distribution" in has,
+        "knows_labels": "distribution" in has,
+        "knows_batch_size": True,
+    }
+
+
+def sok_missing(threat: str, needed: str) -> list[str]:
+    """What SoK threat model ``needed`` has that ``threat`` lacks (empty: an attack graded ``needed`` runs)."""
+    return sorted(SOK_PRESETS[needed][1] - SOK_PRESETS[threat][1], key=list(SOK_KNOWLEDGE).index)
 
 
 def _check_normalization(norm: Any) -> Normalization:

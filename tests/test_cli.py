@@ -167,3 +167,20 @@ def test_vertical_runs_cafe_and_writes_a_run_folder(tmp_path) -> None:
     assert record["attacks"]["cafe"]["scores"]["psnr"] > record["attacks"]["cafe_no_alignment"]["scores"]["psnr"]
     bad = runner.invoke(app, ["vertical", "--out", str(tmp_path / "bad"), "--size", "15"])
     assert bad.exit_code != 0 and "equal strips" in bad.output
+
+
+def test_preset_sets_the_attackers_knowledge_and_is_recorded(tmp_path) -> None:
+    # Execute: iDLG under the SoK's eavesdropper A; then Inverting Gradients under A, and a knowledge flag beside B
+    out = tmp_path / "run"
+    common = ["--opt", "steps=2", "--size", "16"]
+    ok = runner.invoke(app, ["attack", "--out", str(out), "-a", "idlg", "--preset", "A", *common])
+    refused = runner.invoke(app, ["attack", "--out", str(tmp_path / "r2"), "--preset", "A", *common])
+    clash = runner.invoke(app, ["attack", "--out", str(tmp_path / "r3"), "--preset", "B", "--labels", *common])
+    listed = runner.invoke(app, ["list"])
+    # Assert
+    assert ok.exit_code == 0, ok.output
+    threat = json.loads((out / "metrics.json").read_text())["threat"]
+    assert threat["sok"] == "A" and threat["knows_training"] is False and threat["knows_labels"] is False
+    assert refused.exit_code != 0 and "assumes SoK threat model B" in refused.output
+    assert clash.exit_code != 0 and "drop --labels" in clash.output
+    assert "Statistical-Informed Eavesdropper" in listed.output and "Active Client Manipulator" in listed.output

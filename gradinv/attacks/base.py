@@ -5,6 +5,7 @@ An attack sees one :class:`~gradinv.observation.Observation` and nothing else; i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from abc import ABC, abstractmethod
@@ -16,7 +17,15 @@ import torch
 
 from gradinv.attacks.certify import CERTIFIED_RESIDUAL
 from gradinv.fl.client import compute_update, normalize
-from gradinv.observation import UNKNOWN_LABEL, Observation, Reconstruction, ThreatModel
+from gradinv.observation import (
+    SOK_KNOWLEDGE,
+    SOK_PRESETS,
+    UNKNOWN_LABEL,
+    Observation,
+    Reconstruction,
+    ThreatModel,
+    sok_missing,
+)
 from gradinv.validation import check_device
 
 Callback = Callable[[int, int, float], None]
@@ -47,7 +56,9 @@ class Attack(ABC):
     """Base class: subclasses set ``name`` and ``requires`` and implement :meth:`run`.
 
     ``requires`` names the side information the attack cannot do without: ``"batch_size"`` (unless the attack
-    was given a ``batch_size`` guess) and ``"labels"``.
+    was given a ``batch_size`` guess) and ``"labels"``. ``sok`` is the weakest threat model of Carletti et al.'s SoK
+    (USENIX Security 2025) the attack's paper runs under, as that SoK grades it; under a threat built from a letter
+    (``ThreatModel.preset``) an attack graded above it is refused.
     """
 
     name: ClassVar[str]
@@ -57,6 +68,8 @@ class Attack(ABC):
     """The largest batch the attack is defined for (``None``: any)."""
     exact: ClassVar[bool] = False
     """Analytic: where its conditions hold the answer is the data itself, whatever the seed."""
+    sok: ClassVar[str | None] = None
+    """The SoK's grade of the attack's paper (``"A"``-``"H"``; ``None``: not graded)."""
     setting: ClassVar[str] = "horizontal"
     """What it attacks: ``"horizontal"``, a :class:`~gradinv.Observation` of one client's update; ``"vertical"``, a
     :class:`~gradinv.fl.vertical.VerticalObservation` of a vertical FL run (CAFE)."""
@@ -138,6 +151,9 @@ class Attack(ABC):
 
     def check(self, observation: Observation) -> None:
         """Raise ``ValueError`` if the observation lacks what this attack needs."""
+        problem = threat_conflict(self, observation.threat)
+        if problem:
+            raise ValueError(problem)
         if "labels" in self.requires and observation.labels is None:
             raise ValueError(f"attack {self.name!r} needs the labels, which the threat model withholds")
         guess = getattr(self, "batch_size", None)
@@ -182,6 +198,52 @@ def attacker_model(observation: Observation) -> torch.nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+def threat_conflict(attack: Attack | type[Attack], threat: ThreatModel) -> str | None:
+    """Why ``attack`` cannot run under what ``threat`` lets the attacker know, or ``None``: a FedAvg update without
+    the client's training details (no attack here can interpret it), or an attack the SoK grades above the threat's
+    letter."""
+    if threat.update == "fedavg" and not threat.knows_training:
+        return (
+            f"attack {attack.name!r}: the client shares a FedAvg update but the threat model withholds its training "
+            "details (local steps, learning rate, mini-batches), which interpreting the update needs "
+            "(knows_training; SoK threat models C and above)"
+        )
+    if threat.sok is None or attack.sok is None:
+        return None
+    missing = sok_missing(threat.sok, attack.sok)
+    if not missing:
+        return None
+    return (
+        f"attack {attack.name!r} assumes SoK threat model {attack.sok} ({SOK_PRESETS[attack.sok][0]}): it needs "
+        f"{'; '.join(SOK_KNOWLEDGE[m] for m in missing)}, which threat model {threat.sok} "
+        f"({SOK_PRESETS[threat.sok][0]}) does not grant"
+    )
+
+
+PRECISIONS = ("float32", "bfloat16", "float16")
+"""What the trial's forward and backward passes may compute in (``precision=`` of the optimisation attacks)."""
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def mixed_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
+    """The autocast region of the attacker's trial passes: convolutions and matrix products in ``precision``
+    (``torch.autocast``), everything autocast keeps in float32 (losses, normalisations, the objective) as it is.
+
+    ``"float32"`` is no region at all. ``"bfloat16"`` runs on every device (on CPUs with AVX-512 BF16 or AMX the
+    convolutions run in it natively); ``"float16"`` needs a GPU (``ValueError`` on the CPU, where it has no fast path).
+    """
+    check_precision(precision)
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if precision == "float16" and device.type == "cpu":
+        raise ValueError("precision='float16' needs a GPU; on the CPU use 'bfloat16' or 'float32'")
+    return torch.autocast(device.type, dtype=getattr(torch, precision))
 
 
 def target_update(observation: Observation, model: torch.nn.Module) -> list[torch.Tensor]:

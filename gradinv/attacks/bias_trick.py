@@ -42,6 +42,9 @@ class BiasTrick(Attack):
     """
 
     name = "bias_trick"
+    # not in the SoK's attack table (Carletti et al. 2025): graded B like the closed-form attacks it lists (R-GAP,
+    # SPEAR)
+    sok = "B"
     exact = True
     requires = frozenset()
 

@@ -42,6 +42,8 @@ class DLG(Attack):
     """
 
     name = "dlg"
+    # the SoK's grade (Carletti et al. 2025, attack table): Zhu et al. 2019: A
+    sok = "A"
     requires = frozenset({"batch_size"})
 
     def __init__(

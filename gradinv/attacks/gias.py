@@ -51,6 +51,8 @@ class GIAS(Attack):
     """
 
     name = "gias"
+    # the SoK's grade (Carletti et al. 2025, attack table): Jeon et al. 2021: D (surrogate data trains the generator)
+    sok = "D"
     requires = frozenset({"batch_size"})
 
     def __init__(

@@ -148,6 +148,8 @@ class GradInversion(Attack):
     """
 
     name = "gradinversion"
+    # the SoK's grade (Carletti et al. 2025, attack table): Yin et al. 2021: E (the batch's BatchNorm statistics)
+    sok = "E"
     requires = frozenset({"batch_size"})
 
     def __init__(

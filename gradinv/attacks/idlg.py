@@ -18,6 +18,8 @@ class IDLG(DLG):
     """
 
     name = "idlg"
+    # the SoK's grade (Carletti et al. 2025, attack table): Zhao et al. 2020: A
+    sok = "A"
     max_batch = 1
 
     def fixed_labels(self, observation: Observation, n: int) -> tuple[torch.Tensor | None, str]:

@@ -91,6 +91,8 @@ class Imprint(Attack):
     """
 
     name = "imprint"
+    # the SoK's grade (Carletti et al. 2025, attack table): Fowl et al. 2022: G (surrogate data places the bins)
+    sok = "G"
     exact = True
     requires = frozenset()
 

@@ -21,12 +21,18 @@ def l1_distance(trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -
 def cosine_distance(trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
     """Inverting Gradients' objective (Geiping et al. 2020, Eq. 4): ``1 - <g', g> / (||g'|| ||g||)``.
 
-    Dot products and norms are taken over all layers together, as in the paper's code.
+    Dot products and norms are taken over all layers together, as in the paper's code, each layer's as one fused
+    ``torch.dot`` (no elementwise product held for the backward pass: 2-3x faster than ``(a * b).sum()`` on a
+    ConvNet-64's 2.9M entries, ``benchmarks/versus_breaching.py``).
     """
-    dot = torch.stack([(a * b).sum() for a, b in zip(trial, target, strict=True)]).sum()
-    norm_a = torch.stack([a.pow(2).sum() for a in trial]).sum().sqrt()
-    norm_b = torch.stack([b.pow(2).sum() for b in target]).sum().sqrt()
+    dot = torch.stack([_dot(a, b) for a, b in zip(trial, target, strict=True)]).sum()
+    norm_a = torch.stack([_dot(a, a) for a in trial]).sum().sqrt()
+    norm_b = torch.stack([_dot(b, b) for b in target]).sum().sqrt()
     return 1.0 - dot / (norm_a * norm_b).clamp_min(1e-30)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +68,7 @@ class BatchNormInputs:
     def _hook(self, name: str) -> Callable[..., None]:
         def record(_module: torch.nn.Module, args: tuple[torch.Tensor, ...], _output: object) -> None:
             if name not in self.stats:
-                x = args[0]
+                x = args[0].float()  # under mixed precision the statistics are still compared in float32
                 dims = [0, *range(2, x.dim())]
                 self.stats[name] = (x.mean(dim=dims), x.var(dim=dims, unbiased=False))
 

@@ -576,6 +576,8 @@ class RGAP(Attack):
     """
 
     name = "rgap"
+    # the SoK's grade (Carletti et al. 2025, attack table): Zhu & Blaschko 2021: B
+    sok = "B"
     exact = True
     requires = frozenset()
     max_batch = 1

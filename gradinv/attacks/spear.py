@@ -262,6 +262,8 @@ class SPEAR(Attack):
     """
 
     name = "spear"
+    # the SoK's grade (Carletti et al. 2025, attack table): Dimitrov et al. 2024: B
+    sok = "B"
     exact = True
     requires = frozenset()
 

@@ -59,6 +59,8 @@ class TrapWeights(BiasTrick):
     """
 
     name = "trap_weights"
+    # the SoK's grade (Carletti et al. 2025, attack table): Boenisch et al. 2023: G
+    sok = "G"
 
     def __init__(
         self,

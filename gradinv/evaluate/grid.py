@@ -53,7 +53,7 @@ from typing import Any
 
 from gradinv import attacks, data, defenses, models
 from gradinv.attacks.adaptive import ADAPTABLE
-from gradinv.attacks.base import Attack
+from gradinv.attacks.base import Attack, threat_conflict
 from gradinv.data import NORMALIZATIONS
 from gradinv.defenses.mixup import MixUp
 from gradinv.fl.client import client_trainer
@@ -265,17 +265,23 @@ def _models(reader: _Reader, settings: dict[str, Any]) -> list[dict[str, Any]]:
 def _threats(reader: _Reader, settings: dict[str, Any]) -> list[tuple[str, ThreatModel]]:
     out = []
     for i, entry in enumerate(reader.doc.get("threats") or [{}]):
-        fields = {k: v for k, v in entry.items() if k != "label"}
+        fields = {k: v for k, v in entry.items() if k not in ("label", "preset")}
         if "normalization" in fields:
             raise reader.fail("threats", i, "normalization", "the normalisation is set once, in [grid]")
         problem = check_options(ThreatModel, fields)
         if problem:
             key = next((k for k in fields if repr(k) in problem), None)
             raise reader.fail("threats", i, key, problem)
-        try:
-            threat = ThreatModel(normalization=NORMALIZATIONS[settings["normalization"]], **fields)
-        except ValueError as err:
-            raise reader.fail("threats", i, None, str(err)) from err
+        norm = NORMALIZATIONS[settings["normalization"]]
+        try:  # preset = "B": the SoK's threat model B, with the client's training set by the other keys
+            if "preset" in entry:
+                threat = ThreatModel.preset(entry["preset"], normalization=norm, **fields)
+            else:
+                threat = ThreatModel(normalization=norm, **fields)
+        except (TypeError, ValueError) as err:
+            raise reader.fail("threats", i, "preset" if "preset" in entry else None, str(err)) from err
+        if "preset" in entry and "label" not in entry:
+            fields = {"preset": entry["preset"], **fields}
         out.append((str(entry.get("label", _label("threat", fields))), threat))
     return out
 
@@ -393,6 +399,11 @@ def _defenses(
     return out
 
 
+QUIET_THREAT_FIELDS = {"knows_training": True, "sok": None}
+"""Threat fields a cell records only when they differ from these defaults, so that the keys (and the resumable
+results) of grids that do not use them stay as they were."""
+
+
 def conflict(
     attack: type[Attack], options: dict[str, Any], threat: ThreatModel, batch_size: int, chain: list[Any]
 ) -> str | None:
@@ -407,6 +418,9 @@ def conflict(
         return f"attack {attack.name!r} is defined for batches up to {attack.max_batch}, not {batch_size}"
     if attack.prepare_model is not Attack.prepare_model and threat.server != "malicious":
         return f'attack {attack.name!r} alters the model: it needs server = "malicious"'
+    problem = threat_conflict(attack, threat)
+    if problem:
+        return problem
     made = [defenses.make(name, **params) for name, params in chain]
     for (name, _), defense in zip(chain, made, strict=True):
         if isinstance(defense, MixUp) and defense.pool == "batch" and batch_size < defense.k:
@@ -517,7 +531,11 @@ def load_grid(path: str | Path) -> Grid:
             if attack_class.setting == "vertical" and vertical is not None:
                 cell_models = [{"model": "vertical", "model_options": {"parties": vertical["parties"]}}]
             for model, seed in itertools.product(cell_models, settings["seeds"]):
-                threat_fields = {k: v for k, v in threat.to_dict().items() if k != "normalization"}
+                threat_fields = {
+                    k: v
+                    for k, v in threat.to_dict().items()
+                    if k != "normalization" and (k not in QUIET_THREAT_FIELDS or v != QUIET_THREAT_FIELDS[k])
+                }
                 grid.cells.append(
                     Cell(
                         {

@@ -155,3 +155,56 @@ def test_keep_best_returns_the_iterate_of_lowest_objective(trained) -> None:
     assert gi.metrics.score(last, x, y)["ssim"] > gi.metrics.score(best, x, y)["ssim"] + 0.05
     with pytest.raises(ValueError, match="keep"):
         gi.attacks.make("inverting_gradients", keep="first")
+
+
+def test_cosine_distance_equals_the_elementwise_formula_in_value_and_gradient() -> None:
+    # Prepare: layers of several shapes, one a non-contiguous view (a transposed weight)
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(4, 3, 3, 3), (4,), (5, 7)]
+    trial = [torch.randn(s, generator=generator, requires_grad=True) for s in shapes]
+    target = [torch.randn(s, generator=generator) for s in shapes]
+    target[2] = torch.randn(7, 5, generator=generator).t()
+    # Execute: the fused dot products against the plain sums of elementwise products
+    fused = cosine_distance(trial, target)
+    dot = sum((a * b).sum() for a, b in zip(trial, target, strict=True))
+    norms = torch.sqrt(sum(a.pow(2).sum() for a in trial)) * torch.sqrt(sum(b.pow(2).sum() for b in target))
+    plain = 1 - dot / norms
+    # Assert: the same objective and the same gradient w.r.t. every trial layer
+    assert float(fused) == pytest.approx(float(plain), rel=1e-6)
+    for g, h in zip(torch.autograd.grad(fused, trial), torch.autograd.grad(plain, trial), strict=True):
+        assert torch.allclose(g, h, atol=1e-7)
+
+
+def test_bfloat16_precision_runs_the_trial_in_bfloat16_and_inverts_as_well() -> None:
+    # Prepare: the cat through the IG ConvNet (width 16, BN eval), and through LeNet (no BN: restarts vectorised)
+    x, y = gi.data.load("skimage", indices=[1], size=16)
+    convnet = gi.models.make("convnet", width=16, image_shape=(3, 16, 16), seed=0)
+    obs = gi.observe(convnet, x, y, threat=gi.ThreatModel(bn_mode="eval", knows_labels=True))
+    lenet = gi.models.make("lenet", image_shape=(3, 16, 16), seed=0)
+    lenet_obs = gi.observe(lenet, x, y, threat=gi.ThreatModel(knows_labels=True))
+    # Execute
+    runs = {
+        p: gi.attacks.make("inverting_gradients", steps=150, seed=0, precision=p).reconstruct(obs)
+        for p in ("float32", "bfloat16")
+    }
+    start = gi.attacks.make("inverting_gradients", steps=1, lr=1e-12, seed=0).reconstruct(obs)
+    vmapped = {
+        p: gi.attacks.make("inverting_gradients", steps=3, restarts=2, seed=0, precision=p).reconstruct(lenet_obs)
+        for p in ("float32", "bfloat16")
+    }
+    with_prior = gi.attacks.make("inverting_gradients", steps=3, bn_reg=0.01, precision="bfloat16").reconstruct(obs)
+    # Assert: the trial really ran in bfloat16 (its first objective differs from float32's by bfloat16's rounding,
+    # in the one-after-another and the vectorised paths), yet the attack inverts as well as in float32
+    first = runs["float32"].trace[0], runs["bfloat16"].trace[0]
+    assert 1e-5 < abs(first[0] - first[1]) / first[0] < 0.5, first
+    assert vmapped["bfloat16"].info["vectorised_restarts"]
+    assert vmapped["float32"].trace[0] != pytest.approx(vmapped["bfloat16"].trace[0], rel=1e-5)
+    psnr = {p: gi.metrics.score(r, x)["psnr"] for p, r in runs.items()}
+    assert psnr["bfloat16"] > gi.metrics.score(start, x)["psnr"] + 5.0, psnr
+    assert psnr["bfloat16"] > psnr["float32"] - 1.0, psnr
+    assert with_prior.images.dtype == torch.float32 and torch.isfinite(with_prior.images).all()
+    # and float16 has no CPU path; an unknown precision is refused at construction
+    with pytest.raises(ValueError, match="needs a GPU"):
+        gi.attacks.make("inverting_gradients", steps=1, precision="float16").reconstruct(obs)
+    with pytest.raises(ValueError, match="precision"):
+        gi.attacks.make("inverting_gradients", precision="half")
