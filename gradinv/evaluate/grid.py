@@ -33,7 +33,9 @@ ranking takes the stronger per defense.
 
 Any [[attacks]] or [[defenses]] entry may take ``batch_sizes = [...]`` (drawn from [grid]) and ``threats = [...]``
 (labels of [[threats]]) to run only there. ``pretrain_epochs`` in [grid] attacks the model after that many epochs of
-clean training on the [utility] dataset (Huang et al. attack a model in training, not at its initialisation).
+clean training on the [utility] dataset (Huang et al. attack a model in training, not at its initialisation); a
+[[models]] entry's own ``pretrain_epochs`` replaces it for that model, and its ``label`` names it in the results (two
+entries of one model, trained and not, need labels).
 ``protected_psnr`` (dB, default 20) is where the report's ranking calls a defense protective: set it from the data
 (e.g. a few dB above what guessing each image's mean grey level scores).
 """
@@ -246,19 +248,36 @@ def _label(name: str, params: dict[str, Any]) -> str:
     return f"{name}({inner})" if inner else name
 
 
-def _models(reader: _Reader, settings: dict[str, Any]) -> list[dict[str, Any]]:
+def _models(reader: _Reader, settings: dict[str, Any], utility: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each [[models]] entry: the zoo name and its options, and, when given, its ``label`` (how results name it) and
+    its own ``pretrain_epochs`` (in place of [grid]'s: one grid can attack a model at initialisation and trained)."""
     shape = (settings["channels"], settings["size"], settings["size"])
     out = []
     for i, entry in enumerate(reader.entries("models")):
-        options = {k: v for k, v in entry.items() if k != "name"}
+        options = {k: v for k, v in entry.items() if k not in ("name", "label", "pretrain_epochs")}
         name = entry.get("name")
+        extra: dict[str, Any] = {}
+        if "label" in entry:
+            extra["model_label"] = str(entry["label"])
+        if "pretrain_epochs" in entry:
+            epochs = entry["pretrain_epochs"]
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or not 0 <= epochs <= 1000:
+                raise reader.fail(
+                    "models", i, "pretrain_epochs", f"pretrain_epochs must be in [0, 1000], got {epochs!r}"
+                )
+            if epochs and utility is None:
+                raise reader.fail("models", i, "pretrain_epochs", "pretrain_epochs needs a [utility] dataset")
+            extra["pretrain_epochs"] = epochs
         if name not in models.REGISTRY:
             raise reader.fail("models", i, "name", f"unknown model {name!r}; available: {', '.join(models.names())}")
         try:
             models.make(name, num_classes=settings["num_classes"], image_shape=shape, seed=0, **options)
         except (TypeError, ValueError, RuntimeError) as err:
             raise reader.fail("models", i, None, f"model {name!r} with {options} for images {shape}: {err}") from err
-        out.append({"model": name, "model_options": options})
+        out.append({"model": name, "model_options": options, **extra})
+    labels = [m.get("model_label", m["model"]) for m in out]
+    if len(set(labels)) < len(labels):
+        raise reader.fail("models", 0, None, f"models that share a name need different labels, got {labels}")
     return out
 
 
@@ -492,7 +511,7 @@ def load_grid(path: str | Path) -> Grid:
             raise reader.fail("utility", 0, None, "epochs and batch_size must be >= 1, n >= 2")
     if settings["pretrain_epochs"] < 0 or (settings["pretrain_epochs"] and utility is None):
         raise reader.fail("grid", 0, "pretrain_epochs", "pretrain_epochs must be >= 0 and needs a [utility] dataset")
-    model_list, threats = _models(reader, settings), _threats(reader, settings)
+    model_list, threats = _models(reader, settings, utility), _threats(reader, settings)
     labels = [label for label, _ in threats]
     if len(set(labels)) < len(labels):
         raise reader.fail("threats", 0, None, f"threat labels must differ, got {labels}")
@@ -531,6 +550,8 @@ def load_grid(path: str | Path) -> Grid:
             if attack_class.setting == "vertical" and vertical is not None:
                 cell_models = [{"model": "vertical", "model_options": {"parties": vertical["parties"]}}]
             for model, seed in itertools.product(cell_models, settings["seeds"]):
+                epochs = model.get("pretrain_epochs", settings["pretrain_epochs"])
+                model = {k: v for k, v in model.items() if k != "pretrain_epochs"}
                 threat_fields = {
                     k: v
                     for k, v in threat.to_dict().items()
@@ -559,11 +580,7 @@ def load_grid(path: str | Path) -> Grid:
                             # only when they say more than the defaults, so that the keys (and the resumable results)
                             # of grids without them stay as they were; attack_label() reads the label back
                             **({"attack_label": shown} if shown != name else {}),
-                            **(
-                                {"pretrain_epochs": settings["pretrain_epochs"]}
-                                if settings["pretrain_epochs"] and model["model"] != "vertical"
-                                else {}
-                            ),
+                            **({"pretrain_epochs": epochs} if epochs and model["model"] != "vertical" else {}),
                         }
                     )
                 )

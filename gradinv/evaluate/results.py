@@ -46,8 +46,11 @@ GROUP = ("model", "threat_label", "batch_size", "attack", "defense_label")
 
 
 def _point(config: dict[str, Any]) -> tuple[Any, ...]:
-    """The grid point of a cell: the values of :data:`GROUP`, the attack by its label."""
-    return tuple(attack_label(config) if k == "attack" else config[k] for k in GROUP)
+    """The grid point of a cell: the values of :data:`GROUP`, the attack and the model by their labels."""
+    return tuple(
+        attack_label(config) if k == "attack" else config.get("model_label", config[k]) if k == "model" else config[k]
+        for k in GROUP
+    )
 
 
 def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:

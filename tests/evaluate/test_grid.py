@@ -301,3 +301,47 @@ def test_a_grid_names_its_own_generator_for_gias_relative_to_the_grid_file(tmp_p
         load_grid(_grid(tmp_path, text.replace('"gen.py:Tiny"', '"digits16"') + '[[defenses]]\nname = "none"\n'))
     with pytest.raises(GridError, match="generator: file .*nope.py does not exist"):
         load_grid(_grid(tmp_path, text.replace("gen.py", "nope.py") + '[[defenses]]\nname = "none"\n'))
+
+
+def test_realistic_example_crosses_presets_training_and_batchnorm() -> None:
+    grid = load_grid(EXAMPLES / "realistic.toml")
+    # 8 threats (A-D x BN eval/train), each with its letter's attack, x 2 models (untrained, trained)
+    assert len(grid.cells) == 8 * 2
+    points = {(c.config["model_label"], c.config["threat"]["sok"], c.config["threat"]["bn_mode"]) for c in grid.cells}
+    assert len(points) == 16
+    epochs = {c.config["model_label"]: c.config.get("pretrain_epochs", 0) for c in grid.cells}
+    assert epochs == {"untrained": 0, "trained": 2}
+    attack = {c.config["threat"]["sok"]: c.config["attack"] for c in grid.cells}
+    assert attack == {"A": "idlg", "B": "inverting_gradients", "C": "inverting_gradients", "D": "gias"}
+    assert {c.config["threat"]["update"] for c in grid.cells if c.config["threat"]["sok"] == "C"} == {"fedavg"}
+
+
+def test_a_models_own_pretraining_and_label(tmp_path: Path) -> None:
+    utility = '[utility]\ndataset = "digits"\n'
+    models = '[[models]]\nname = "mlp"\nhidden = [32]\nlabel = "fresh"\n'
+    models += '[[models]]\nname = "mlp"\nhidden = [32]\nlabel = "trained"\npretrain_epochs = 3\n'
+    text = BASE.replace('[[models]]\nname = "mlp"\nhidden = [32]\n', utility + models) + '[[defenses]]\nname = "none"\n'
+    grid = load_grid(_grid(tmp_path, text))
+    epochs = {(c.config["model_label"], c.config.get("pretrain_epochs")) for c in grid.cells}
+    assert epochs == {("fresh", None), ("trained", 3)}
+    assert all("label" not in c.config["model_options"] for c in grid.cells)
+    # [grid]'s pretrain_epochs applies to models without their own; a model's 0 keeps it at initialisation
+    both = text.replace("images = 4", "images = 4\npretrain_epochs = 1").replace(
+        'label = "fresh"', 'label = "fresh"\npretrain_epochs = 0'
+    )
+    assert {
+        (c.config["model_label"], c.config.get("pretrain_epochs")) for c in load_grid(_grid(tmp_path, both)).cells
+    } == {
+        ("fresh", None),
+        ("trained", 3),
+    }
+    with pytest.raises(GridError, match="need different labels"):
+        load_grid(_grid(tmp_path, text.replace('label = "trained"', 'label = "fresh"')))
+    with pytest.raises(GridError, match="needs a \\[utility\\] dataset"):
+        load_grid(_grid(tmp_path, text.replace(utility, "")))
+    with pytest.raises(GridError, match="pretrain_epochs must be in"):
+        load_grid(_grid(tmp_path, text.replace("pretrain_epochs = 3", "pretrain_epochs = -1")))
+    # results tell the two entries apart by their labels (a grid point per label, not per zoo name)
+    from gradinv.evaluate.results import _point
+
+    assert len({_point(c.config) for c in grid.cells}) == len({c.config["model_label"] for c in grid.cells}) * 2
