@@ -187,6 +187,9 @@ def attack(
     knows_batch_size: bool = typer.Option(True, "--batch-size-known/--batch-size-unknown"),
     bn_mode: str = typer.Option("train", help="Client BatchNorm mode: train or eval."),
     bn_stats: bool = typer.Option(False, "--bn-stats/--no-bn-stats", help="Attacker knows the batch BN statistics."),
+    shares_buffers: bool = typer.Option(
+        False, "--shares-buffers/--keeps-buffers", help="The client sends its BatchNorm buffers after training."
+    ),
     normalize: str = typer.Option("none", help=f"Client input normalisation: {', '.join(NORMALIZATIONS)}."),
     server: str = typer.Option("honest", help="honest or malicious."),
     preset: str | None = typer.Option(
@@ -212,6 +215,7 @@ def attack(
             knows_batch_size=knows_batch_size,
             bn_mode=bn_mode,
             knows_bn_stats=bn_stats,
+            shares_buffers=shares_buffers,
         )
         config = RunConfig(
             attacks=attack_names,

@@ -54,6 +54,9 @@ class ThreatModel:
         knows_bn_stats: the attacker is given the batch's BatchNorm statistics (mean, variance of each BN input).
         normalization: the client's input normalisation ``((mean per channel), (std per channel))``, or ``None`` for
             none; the model is fed ``(x - mean) / std`` of pixel images ``x`` in [0, 1].
+        shares_buffers: the client also sends its buffers after training (BatchNorm's running mean and variance), as
+            frameworks that average the whole state dict do. With BatchNorm in train mode and one shared gradient they
+            carry the batch's own statistics (:func:`gradinv.attacks.objectives.statistics_from_buffers`).
         knows_training: the attacker knows the client's training details (local steps, learning rate, mini-batches):
             needed to interpret a FedAvg update (the SoK's "training details", threat models C and above).
         sok: the threat model of Carletti et al.'s SoK (USENIX Security 2025) this one was built from
@@ -72,6 +75,7 @@ class ThreatModel:
     knows_bn_stats: bool = False
     normalization: Normalization | None = None
     knows_training: bool = True
+    shares_buffers: bool = False
     sok: Literal["A", "B", "C", "D", "E", "F", "G", "H"] | None = None
 
     @classmethod
@@ -82,7 +86,7 @@ class ThreatModel:
         ``knows_training`` (training details, C and above), ``knows_bn_stats`` and ``knows_labels`` (the client
         data's distribution, E only); the batch size is known in all (FedAvg weighs clients by it). ``client`` sets
         how the client trains, which no letter fixes: ``update``, ``local_steps``, ``local_lr``,
-        ``local_batch_size``, ``bn_mode``, ``normalization``.
+        ``local_batch_size``, ``bn_mode``, ``normalization``, ``shares_buffers``.
 
         Raises:
             ValueError: an unknown letter, or ``client`` naming a field the letter sets.
@@ -95,7 +99,7 @@ class ThreatModel:
             raise ValueError(
                 f"threat model {letter} ({SOK_PRESETS[letter][0]}) sets {', '.join(clash)} itself; "
                 "pass only how the client trains (update, local_steps, local_lr, local_batch_size, bn_mode, "
-                "normalization) or build the ThreatModel field by field"
+                "normalization, shares_buffers) or build the ThreatModel field by field"
             )
         return cls(sok=letter, **fixed, **client)  # type: ignore[arg-type]
 
@@ -228,6 +232,8 @@ class Observation:
             them: MixUp, InstaHide).
         batch_size: ``N``, only if ``threat.knows_batch_size``.
         bn_stats: per BatchNorm module name, the batch ``(mean, var)`` of its input, only if ``threat.knows_bn_stats``.
+        buffers: the client's buffers after its training, by name (``model.named_buffers()``), only if
+            ``threat.shares_buffers``.
         model_spec: ``{"name": ..., **kwargs}`` when the model came from ``gi.models.make`` (lets ``load`` rebuild it).
         defenses: the configuration of each defense the client applied, in order.
     """
@@ -240,6 +246,7 @@ class Observation:
     labels: torch.Tensor | None = None
     batch_size: int | None = None
     bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    buffers: dict[str, torch.Tensor] | None = None
     model_spec: dict[str, Any] | None = None
     defenses: list[dict[str, Any]] = field(default_factory=list)
 
@@ -254,6 +261,20 @@ class Observation:
             raise ValueError("the threat model withholds the batch size, yet the observation carries it")
         if self.bn_stats is not None and not self.threat.knows_bn_stats:
             raise ValueError("the threat model withholds BatchNorm statistics, yet the observation carries them")
+        if (self.buffers is not None) != self.threat.shares_buffers:
+            raise ValueError(
+                "the observation's buffers must be given exactly when threat.shares_buffers is set "
+                f"(shares_buffers={self.threat.shares_buffers}; buffers given: {self.buffers is not None})"
+            )
+        if self.buffers is not None:
+            expected = dict(self.model.named_buffers())
+            if set(self.buffers) != set(expected) or any(
+                not isinstance(v, torch.Tensor) or v.shape != expected[k].shape for k, v in self.buffers.items()
+            ):
+                raise ValueError(
+                    f"buffers must match the model's named buffers {sorted(expected)} in name and shape, "
+                    f"got {sorted(self.buffers)}"
+                )
 
     def to(self, device: str | torch.device | None) -> Observation:
         """A copy of this observation on ``device`` (model, update, labels, BN statistics); ``self`` is unchanged.
@@ -269,6 +290,7 @@ class Observation:
             bn_stats=None
             if self.bn_stats is None
             else {k: (m.to(chosen), v.to(chosen)) for k, (m, v) in self.bn_stats.items()},
+            buffers=None if self.buffers is None else {k: v.to(chosen) for k, v in self.buffers.items()},
             defenses=list(self.defenses),
         )
 
@@ -282,6 +304,7 @@ class Observation:
             tensors["labels"] = self.labels
         for name, (mean, var) in (self.bn_stats or {}).items():
             tensors[f"bn_mean/{name}"], tensors[f"bn_var/{name}"] = mean, var
+        tensors.update({f"buffer/{k}": v for k, v in (self.buffers or {}).items()})
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
         meta = {
             "format": "gradinv.observation/1",
@@ -345,6 +368,9 @@ class Observation:
             labels=tensors.get("labels"),
             batch_size=meta["batch_size"],
             bn_stats=bn or None,
+            buffers={k[len("buffer/") :]: v for k, v in tensors.items() if k.startswith("buffer/")}
+            if threat.shares_buffers
+            else None,
             model_spec=spec,
             defenses=defenses,
         )

@@ -13,8 +13,8 @@ from gradinv.attacks.base import Attack, Callback, Result, attacker_device, atta
 from gradinv.attacks.objectives import (
     BatchNormInputs,
     batchnorm_matching,
+    bn_prior_target,
     euclidean_distance,
-    running_statistics,
     total_variation,
 )
 from gradinv.fl.client import compute_update, denormalize, normalize
@@ -207,7 +207,7 @@ class GradInversion(Attack):
             labels = label_recovery.recover(self.label_strategy, observation, n)
             label_source = self.label_strategy
         labels = labels.to(device)
-        bn_target = self._bn_target(observation, model)
+        bn_target, bn_source = self._bn_target(observation, model)
         low, high = (
             normalize(torch.full((1, *observation.image_shape), v, device=device), threat.normalization)
             for v in (0.0, 1.0)
@@ -238,7 +238,7 @@ class GradInversion(Attack):
             history.append(float(losses.detach().min()))
             if callback is not None:
                 callback(step + 1, self.steps, history[-1])
-        return self._result(model, observation, x.detach(), labels, target, history, label_source, bn_target)
+        return self._result(model, observation, x.detach(), labels, target, history, label_source, bn_source)
 
     def _objective(
         self,
@@ -271,7 +271,7 @@ class GradInversion(Attack):
         target: list[torch.Tensor],
         history: list[float],
         label_source: str,
-        bn_target: Stats | None,
+        bn_source: str,
     ) -> Result:
         """The consensus or the best seed, with each seed's final gradient distance."""
         threat = observation.threat
@@ -290,18 +290,15 @@ class GradInversion(Attack):
             "best_seed": best,
             "seed_spread": spread,
             "label_source": label_source,
-            "bn_target": "none (no BatchNorm prior or no BatchNorm layers)"
-            if bn_target is None
-            else "client batch"
-            if observation.bn_stats is not None
-            else "running statistics",
+            "bn_target": bn_source,
         }
         return Result(denormalize(chosen, threat.normalization), labels, history, info=info)
 
-    def _bn_target(self, observation: Observation, model: torch.nn.Module) -> Stats | None:
-        """The statistics ``R_BN`` matches: the client batch's if granted, else the model's running ones."""
+    def _bn_target(self, observation: Observation, model: torch.nn.Module) -> tuple[Stats | None, str]:
+        """The statistics ``R_BN`` matches: the client batch's if granted or carried by its shared train-mode buffers,
+        else the model's running ones (:func:`~gradinv.attacks.objectives.bn_prior_target`)."""
+        none = "none (no BatchNorm prior or no BatchNorm layers)"
         if self.bn_reg == 0:
-            return None
-        if observation.bn_stats is not None:
-            return observation.bn_stats
-        return running_statistics(model) or None  # a model without BatchNorm layers: no prior
+            return None, none
+        stats, source = bn_prior_target(observation, model, self.batch_size_of(observation))
+        return (stats, source) if stats else (None, none)  # a model without BatchNorm layers: no prior

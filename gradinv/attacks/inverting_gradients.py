@@ -23,8 +23,8 @@ from gradinv.attacks.base import (
 from gradinv.attacks.objectives import (
     BatchNormInputs,
     batchnorm_matching,
+    bn_prior_target,
     cosine_distance,
-    running_statistics,
     total_variation,
 )
 from gradinv.fl.client import compute_update, denormalize, normalize
@@ -51,8 +51,10 @@ class InvertingGradients(Attack):
     ``bn_reg > 0`` adds GradInversion's BatchNorm prior (Yin et al., CVPR 2021, Eq. 7) as Huang et al. (NeurIPS
     2021, Sec. 3) run it: ``bn_reg * sum_l ||mu_l(x) - mu_l|| + ||sigma^2_l(x) - sigma^2_l||``, matching the
     dummy batch's BatchNorm input statistics to the client batch's when the threat model grants them (Huang et al.'s
-    ``BN_exact``), else to the broadcast model's running statistics (``bn_prior="running"``, what a trained model
-    carries) or to nothing (``bn_prior="none"``). Huang et al.'s settings: ``tv=0.1, bn_reg=0.005`` with the batch's
+    ``BN_exact``) or the client shares its train-mode buffers after one gradient (which carry them:
+    :func:`~gradinv.attacks.objectives.statistics_from_buffers`), else to the broadcast model's running statistics
+    (``bn_prior="running"``, what a trained model carries) or to nothing (``bn_prior="none"``). Huang et al.'s
+    settings: ``tv=0.1, bn_reg=0.005`` with the batch's
     statistics, ``tv=0.05, bn_reg=0.001`` without.
 
     Args:
@@ -252,7 +254,7 @@ class InvertingGradients(Attack):
         if adaptation:
             info.update(adaptation.info())
         if bn_target is not None:
-            info["bn_target"] = "client batch" if observation.bn_stats is not None else "running statistics"
+            info["bn_target"] = bn_prior_target(observation, model, n, self.bn_prior)[1]
         return Result(images, labels, [h[chosen] for h in history], info=info)
 
     def _bn_target(
@@ -261,9 +263,7 @@ class InvertingGradients(Attack):
         """The statistics the BatchNorm prior matches (``None``: no prior)."""
         if self.bn_reg == 0:
             return None
-        if observation.bn_stats is not None:
-            return observation.bn_stats
-        return None if self.bn_prior == "none" else running_statistics(model)
+        return bn_prior_target(observation, model, self.batch_size_of(observation), self.bn_prior)[0]
 
 
 def vectorisable(

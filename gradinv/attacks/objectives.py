@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+
+from gradinv.observation import Observation
 
 
 def euclidean_distance(trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -114,3 +117,90 @@ def running_statistics(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, 
                 raise ValueError(f"BatchNorm layer {name!r} tracks no running statistics")
             stats[name] = (module.running_mean.detach().clone(), module.running_var.detach().clone())
     return stats
+
+
+def statistics_from_buffers(
+    model: torch.nn.Module, buffers: Mapping[str, torch.Tensor], image_shape: Sequence[int], batch_size: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The batch statistics that a train-mode client's shared BatchNorm buffers carry, after one forward pass.
+
+    PyTorch's BatchNorm updates ``running = (1 - m) running + m batch`` (momentum ``m``; ``1 / num_batches_tracked``
+    when its momentum is ``None``; the variance with Bessel's correction). With the broadcast buffers in ``model`` and
+    the client's in ``buffers``: ``mean = (new - (1 - m) old) / m`` and the biased variance ``(new - (1 - m) old) / m
+    (n - 1) / n``, where ``n`` is the values per channel (``batch_size`` x the layer's spatial size). Exact, to float
+    rounding, when the client made one forward pass in train mode (one shared gradient).
+
+    Returns:
+        per BatchNorm module name, ``(mean, var)`` as :func:`gradinv.fl.client.bn_statistics` gives them.
+    """
+    counts = _values_per_channel(model, image_shape, batch_size)
+    stats = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or name not in counts:
+            continue
+        if module.running_mean is None or module.running_var is None:
+            raise ValueError(f"BatchNorm layer {name!r} tracks no running statistics: its buffers carry nothing")
+        prefix = f"{name}." if name else ""
+        if module.momentum is None:
+            momentum = 1.0 / float(buffers[f"{prefix}num_batches_tracked"])
+        else:
+            momentum = float(module.momentum)
+        mean = (buffers[f"{prefix}running_mean"] - (1 - momentum) * module.running_mean) / momentum
+        unbiased = (buffers[f"{prefix}running_var"] - (1 - momentum) * module.running_var) / momentum
+        n = counts[name]
+        stats[name] = (mean, unbiased * (n - 1) / n)
+    return stats
+
+
+def _values_per_channel(model: torch.nn.Module, image_shape: Sequence[int], batch_size: int) -> dict[str, int]:
+    """Per BatchNorm module name, how many values of each channel its input holds for a batch of ``batch_size``."""
+    probe = copy.deepcopy(model).eval()
+    counts: dict[str, int] = {}
+
+    def count(name: str) -> Callable[..., None]:
+        def record(_module: torch.nn.Module, args: tuple[torch.Tensor, ...], _output: object) -> None:
+            counts.setdefault(name, args[0].numel() // args[0].shape[1])
+
+        return record
+
+    hooks = [
+        module.register_forward_hook(count(name))
+        for name, module in probe.named_modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    first = next(probe.parameters(), None)
+    try:
+        with torch.no_grad():
+            probe(torch.zeros((batch_size, *image_shape), device=None if first is None else first.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counts
+
+
+def shared_statistics(
+    observation: Observation, model: torch.nn.Module, batch_size: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+    """The client batch's BatchNorm statistics read off its shared buffers (:func:`statistics_from_buffers`) when the
+    observation allows it: buffers shared, BatchNorm in train mode, one gradient (one forward pass); else ``None``."""
+    threat = observation.threat
+    if observation.buffers is None or threat.bn_mode != "train" or threat.update != "gradient":
+        return None
+    stats = statistics_from_buffers(model, observation.buffers, observation.image_shape, batch_size)
+    return stats or None
+
+
+def bn_prior_target(
+    observation: Observation, model: torch.nn.Module, batch_size: int, fallback: str = "running"
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]] | None, str]:
+    """What a BatchNorm prior matches, and where it came from: the batch's statistics when granted (``"client
+    batch"``), else read off the client's shared buffers (``"client buffers"``, :func:`shared_statistics`), else the
+    broadcast model's running statistics (``fallback="running"``) or nothing (``"none"``)."""
+    if observation.bn_stats is not None:
+        return observation.bn_stats, "client batch"
+    shared = shared_statistics(observation, model, batch_size)
+    if shared is not None:
+        return shared, "client buffers"
+    if fallback == "none":
+        return None, "none"
+    return running_statistics(model), "running statistics"  # empty for a model without BatchNorm layers

@@ -200,6 +200,8 @@ def observe(
         bn = bn_statistics(copy.deepcopy(client), inputs) if threat.knows_bn_stats else None
         generator = torch.Generator().manual_seed(seed)
         update = defended_update(client, inputs, on_device, threat, trainer, generator)
+    # the client's buffers after its training (BatchNorm's running statistics, updated by its forward passes)
+    buffers = {n: b.detach().cpu().clone() for n, b in client.named_buffers()} if threat.shares_buffers else None
     if bn is not None:
         bn = {name: (mean.cpu(), var.cpu()) for name, (mean, var) in bn.items()}
     names = [n for n, _ in broadcast.named_parameters()]
@@ -215,6 +217,7 @@ def observe(
         labels=targets.clone() if threat.knows_labels else None,
         batch_size=int(images.shape[0]) if threat.knows_batch_size else None,
         bn_stats=bn,
+        buffers=buffers,
         model_spec=getattr(model, "gradinv_spec", None),
         defenses=[d.config() for d in defenses],
     )
