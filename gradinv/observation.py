@@ -47,7 +47,11 @@ class ThreatModel:
         local_steps: SGD steps the client takes when ``update == "fedavg"``.
         local_lr: the client's learning rate when ``update == "fedavg"``.
         local_batch_size: mini-batch size of the local steps (``None``: the whole batch each step). Step ``t`` uses
-            mini-batch ``t mod ceil(N / local_batch_size)`` in data order.
+            mini-batch ``t mod ceil(N / local_batch_size)`` in data order, or, with ``local_shuffle``, of that epoch's
+            order.
+        local_shuffle: the client reshuffles its data before each pass over it (each local epoch), with a private
+            seed, as data loaders do: which images made up which mini-batch is unknown to the attacker (Dimitrov et
+            al., TMLR 2022; ``fedavg_leakage``).
         knows_labels: the attacker is given the batch's labels.
         knows_batch_size: the attacker is given the number of samples in the batch.
         bn_mode: the client's BatchNorm (and dropout) mode, ``"train"`` or ``"eval"``.
@@ -69,6 +73,7 @@ class ThreatModel:
     local_steps: int = 5
     local_lr: float = 1e-4
     local_batch_size: int | None = None
+    local_shuffle: bool = False
     knows_labels: bool = False
     knows_batch_size: bool = True
     bn_mode: Literal["train", "eval"] = "train"
@@ -86,7 +91,7 @@ class ThreatModel:
         ``knows_training`` (training details, C and above), ``knows_bn_stats`` and ``knows_labels`` (the client
         data's distribution, E only); the batch size is known in all (FedAvg weighs clients by it). ``client`` sets
         how the client trains, which no letter fixes: ``update``, ``local_steps``, ``local_lr``,
-        ``local_batch_size``, ``bn_mode``, ``normalization``, ``shares_buffers``.
+        ``local_batch_size``, ``local_shuffle``, ``bn_mode``, ``normalization``, ``shares_buffers``.
 
         Raises:
             ValueError: an unknown letter, or ``client`` naming a field the letter sets.
@@ -98,8 +103,8 @@ class ThreatModel:
         if clash:
             raise ValueError(
                 f"threat model {letter} ({SOK_PRESETS[letter][0]}) sets {', '.join(clash)} itself; "
-                "pass only how the client trains (update, local_steps, local_lr, local_batch_size, bn_mode, "
-                "normalization, shares_buffers) or build the ThreatModel field by field"
+                "pass only how the client trains (update, local_steps, local_lr, local_batch_size, local_shuffle, "
+                "bn_mode, normalization, shares_buffers) or build the ThreatModel field by field"
             )
         return cls(sok=letter, **fixed, **client)  # type: ignore[arg-type]
 
@@ -118,7 +123,8 @@ class ThreatModel:
             local = {
                 f.name: getattr(self, f.name)
                 for f in fields(self)
-                if f.name in ("local_steps", "local_lr", "local_batch_size") and getattr(self, f.name) != f.default
+                if f.name in ("local_steps", "local_lr", "local_batch_size", "local_shuffle")
+                and getattr(self, f.name) != f.default
             }
             if local:
                 raise ValueError(

@@ -97,6 +97,7 @@ def compute_update(
     *,
     create_graph: bool = False,
     step_gradient: StepGradient | None = None,
+    shuffle: torch.Generator | None = None,
 ) -> list[torch.Tensor]:
     """The update a client shares, in ``model.named_parameters()`` order.
 
@@ -108,6 +109,9 @@ def compute_update(
         create_graph: keep the graph so the update can be differentiated w.r.t. ``inputs`` (attacker side).
         step_gradient: each step's gradient in place of the loss's (:func:`loss_gradient`), e.g. DP-SGD's clipped one
             on the attacker's side.
+        shuffle: the client's private generator when ``threat.local_shuffle``: a fresh permutation of the data before
+            each epoch (every ``ceil(N / local_batch_size)`` steps). ``None`` keeps the data order (an attacker who
+            does not know the shuffle simulates that).
 
     Returns:
         The gradient of the mean loss, or ``w_before - w_after`` after ``threat.local_steps`` SGD steps.
@@ -124,8 +128,11 @@ def compute_update(
         return gradient(model, {**buffers, **dict(zip(names, weights, strict=True))}, inputs, labels, weights)
     # FedAvg: unrolled local SGD (Geiping et al. 2020, Sec. 4 "multiple local steps").
     batches = minibatches(inputs.shape[0], threat.local_batch_size)
+    order: torch.Tensor | None = None
     for step in range(threat.local_steps):
-        idx = batches[step % len(batches)]
+        if shuffle is not None and threat.local_shuffle and step % len(batches) == 0:
+            order = torch.randperm(inputs.shape[0], generator=shuffle).to(inputs.device)
+        idx = batches[step % len(batches)] if order is None else order[batches[step % len(batches)]]
         state = {**buffers, **dict(zip(names, weights, strict=True))}
         grads = gradient(model, state, inputs[idx], labels[idx], weights)
         weights = [w - threat.local_lr * g for w, g in zip(weights, grads, strict=True)]

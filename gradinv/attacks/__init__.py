@@ -9,6 +9,7 @@ from gradinv.attacks.base import Attack, Callback, gradient_residual
 from gradinv.attacks.bias_trick import BiasTrick
 from gradinv.attacks.cafe import CAFE
 from gradinv.attacks.dlg import DLG
+from gradinv.attacks.fedavg_leakage import FedAvgLeakage
 from gradinv.attacks.gias import GIAS
 from gradinv.attacks.gradinversion import GradInversion
 from gradinv.attacks.idlg import IDLG
@@ -25,6 +26,7 @@ REGISTRY: dict[str, type[Attack]] = {
     "inverting_gradients": InvertingGradients,
     "gradinversion": GradInversion,
     "gias": GIAS,
+    "fedavg_leakage": FedAvgLeakage,
     "bias_trick": BiasTrick,
     "rgap": RGAP,
     "spear": SPEAR,
@@ -51,6 +53,11 @@ SUMMARY: dict[str, tuple[str, str, str]] = {
         "Jeon et al., NeurIPS 2021 (GIAS)",
         "honest server, gradient or FedAvg update",
         "batch size; a generator of the client's kind of images (shipped: digits16, or your own)",
+    ),
+    "fedavg_leakage": (
+        "Dimitrov et al., TMLR 2022 (Data Leakage in Federated Averaging)",
+        "honest server, FedAvg update of a client that reshuffles its data every local epoch",
+        "batch size and the training details; one copy of the data per epoch, an order-invariant prior",
     ),
     "bias_trick": (
         "Phong et al., IEEE TIFS 2018; Geiping et al. 2020 Prop. 3.1",

@@ -112,7 +112,11 @@ def defended_update(
     """The client's update, computed by ``trainer`` when one replaces the training step, else by
     :func:`compute_update` (before any defense's ``apply``)."""
     trained = trainer.client_update(model, inputs, targets, threat, generator) if trainer is not None else None
-    return trained if trained is not None else compute_update(model, inputs, targets, threat)
+    if trained is not None and trainer is not None:
+        if threat.local_shuffle:
+            raise ValueError(f"defense {trainer.name!r} trains the client itself and does not reshuffle its data")
+        return trained
+    return compute_update(model, inputs, targets, threat, shuffle=generator if threat.local_shuffle else None)
 
 
 def encode_batch(

@@ -13,6 +13,10 @@ QUICK = {"steps": 3}
 EXTRA: dict[str, dict[str, object]] = {"gias": {"generator": Decoder(latent=8, channels=3, size=16), "restarts": 1}}
 # Exact attacks need their structure: a fully connected first layer (bias trick); malicious ones modify the model.
 MODEL_FOR = {name: ("mlp", {"hidden": (64,)}) for name in ("bias_trick", "trap_weights", "spear")}
+# Dimitrov et al.'s attack is for FedAvg clients that reshuffle each epoch
+THREAT_FOR: dict[str, dict[str, object]] = {
+    "fedavg_leakage": {"update": "fedavg", "local_steps": 2, "local_shuffle": True}
+}
 
 
 def _options(name: str, **extra: object) -> dict:
@@ -29,7 +33,9 @@ def _observe(name: str, n: int = 1, **threat_kwargs: object) -> tuple[gi.Observa
     model_name, kwargs = MODEL_FOR.get(name, ("lenet", {}))
     model = gi.models.make(model_name, image_shape=(3, 16, 16), seed=0, **kwargs)
     attack = gi.attacks.make(name, **_options(name))
-    threat = gi.ThreatModel(server="malicious" if _malicious(name) else "honest", **threat_kwargs)
+    threat = gi.ThreatModel(
+        server="malicious" if _malicious(name) else "honest", **{**THREAT_FOR.get(name, {}), **threat_kwargs}
+    )
     return gi.observe(attack.prepare_model(model, threat), images, labels, threat=threat), images
 
 
