@@ -9,7 +9,7 @@ that replace the client's training step (DP-SGD, Soteria) build on them too.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +97,7 @@ def compute_update(
     *,
     create_graph: bool = False,
     step_gradient: StepGradient | None = None,
-    shuffle: torch.Generator | None = None,
+    orders: Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """The update a client shares, in ``model.named_parameters()`` order.
 
@@ -109,9 +109,10 @@ def compute_update(
         create_graph: keep the graph so the update can be differentiated w.r.t. ``inputs`` (attacker side).
         step_gradient: each step's gradient in place of the loss's (:func:`loss_gradient`), e.g. DP-SGD's clipped one
             on the attacker's side.
-        shuffle: the client's private generator when ``threat.local_shuffle``: a fresh permutation of the data before
-            each epoch (every ``ceil(N / local_batch_size)`` steps). ``None`` keeps the data order (an attacker who
-            does not know the shuffle simulates that).
+        orders: per local epoch, the rows of ``inputs`` that epoch visits in order (its mini-batches are cut from
+            them); ``None``: every epoch visits the data in order. A shuffling client passes :func:`epoch_orders`
+            (``threat.local_shuffle``); an attacker who does not know the shuffle simulates the data order; one that
+            keeps a copy of the data per epoch passes each epoch its copy's rows (``fedavg_leakage``).
 
     Returns:
         The gradient of the mean loss, or ``w_before - w_after`` after ``threat.local_steps`` SGD steps.
@@ -127,16 +128,21 @@ def compute_update(
     if threat.update == "gradient":
         return gradient(model, {**buffers, **dict(zip(names, weights, strict=True))}, inputs, labels, weights)
     # FedAvg: unrolled local SGD (Geiping et al. 2020, Sec. 4 "multiple local steps").
-    batches = minibatches(inputs.shape[0], threat.local_batch_size)
-    order: torch.Tensor | None = None
+    batches = minibatches(inputs.shape[0] if orders is None else len(orders[0]), threat.local_batch_size)
     for step in range(threat.local_steps):
-        if shuffle is not None and threat.local_shuffle and step % len(batches) == 0:
-            order = torch.randperm(inputs.shape[0], generator=shuffle).to(inputs.device)
-        idx = batches[step % len(batches)] if order is None else order[batches[step % len(batches)]]
+        epoch, batch = divmod(step, len(batches))
+        idx = batches[batch] if orders is None else orders[epoch].to(inputs.device)[batches[batch]]
         state = {**buffers, **dict(zip(names, weights, strict=True))}
         grads = gradient(model, state, inputs[idx], labels[idx], weights)
         weights = [w - threat.local_lr * g for w, g in zip(weights, grads, strict=True)]
     return [p0 - w for p0, w in zip(params, weights, strict=True)]
+
+
+def epoch_orders(n: int, threat: ThreatModel, generator: torch.Generator) -> list[torch.Tensor]:
+    """A shuffling client's data order: a fresh permutation of its ``n`` samples, drawn from its private
+    ``generator``, for each local epoch its ``threat.local_steps`` steps touch."""
+    epochs = math.ceil(threat.local_steps / len(minibatches(n, threat.local_batch_size)))
+    return [torch.randperm(n, generator=generator) for _ in range(epochs)]
 
 
 def minibatches(n: int, batch_size: int | None) -> list[slice]:

@@ -13,7 +13,7 @@ from gradinv.attacks.base import Attack, Callback, Result, attacker_device, atta
 from gradinv.attacks.objectives import cosine_distance, total_variation
 from gradinv.fl.client import denormalize, normalize
 from gradinv.observation import Observation
-from gradinv.update import loss_gradient, minibatches
+from gradinv.update import compute_update, minibatches
 from gradinv.validation import check_arguments, check_positive_int, check_seed
 
 
@@ -108,20 +108,14 @@ class FedAvgLeakage(Attack):
             normalize(torch.full((1, *observation.image_shape), v, device=device), threat.normalization)[None]
             for v in (0.0, 1.0)
         )
-        names = [name for name, _ in model.named_parameters()]
-        buffers = dict(model.named_buffers())
+        # epoch e visits copy e: the copies stacked, epoch e's rows e N .. e N + N - 1 (the client's order unknown)
+        orders = [e * n + torch.arange(n, device=device) for e in range(epochs)]
+        copy_labels = labels.repeat(epochs)
 
         def update(copies: torch.Tensor) -> list[torch.Tensor]:
             """The client's unrolled local SGD with epoch ``e``'s mini-batches cut from ``copies[e]``."""
-            start: list[torch.Tensor] = list(model.parameters())
-            weights = list(start)
-            for step in range(threat.local_steps):
-                epoch, batch = divmod(step, len(batches))
-                idx = batches[batch]
-                state = {**buffers, **dict(zip(names, weights, strict=True))}
-                grads = loss_gradient(model, state, copies[epoch][idx], labels[idx], weights, create_graph=True)
-                weights = [w - threat.local_lr * g for w, g in zip(weights, grads, strict=True)]
-            return [p0 - w for p0, w in zip(start, weights, strict=True)]
+            stacked = copies.reshape(epochs * n, *observation.image_shape)
+            return compute_update(model, stacked, copy_labels, threat, create_graph=True, orders=orders)
 
         def objective(copies: torch.Tensor) -> torch.Tensor:
             loss = cosine_distance(update(copies), target)

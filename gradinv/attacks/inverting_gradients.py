@@ -166,7 +166,7 @@ class InvertingGradients(Attack):
             normalize(torch.full((1, *observation.image_shape), v, device=device), threat.normalization)
             for v in (0.0, 1.0)
         )
-        bn_target = self._bn_target(observation, model)
+        bn_target, bn_source = self._bn_target(observation, model)
         generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same starts on every device
         starts = [torch.randn((n, *observation.image_shape), generator=generator) for _ in range(self.restarts)]
         # the client's private dropout masks, one set per restart, optimised with the inputs (Scheliga et al.)
@@ -254,16 +254,16 @@ class InvertingGradients(Attack):
         if adaptation:
             info.update(adaptation.info())
         if bn_target is not None:
-            info["bn_target"] = bn_prior_target(observation, model, n, self.bn_prior)[1]
+            info["bn_target"] = bn_source
         return Result(images, labels, [h[chosen] for h in history], info=info)
 
     def _bn_target(
         self, observation: Observation, model: torch.nn.Module
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
-        """The statistics the BatchNorm prior matches (``None``: no prior)."""
+    ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]] | None, str]:
+        """The statistics the BatchNorm prior matches (``None``: no prior) and where they came from."""
         if self.bn_reg == 0:
-            return None
-        return bn_prior_target(observation, model, self.batch_size_of(observation), self.bn_prior)[0]
+            return None, "none"
+        return bn_prior_target(observation, model, self.batch_size_of(observation), self.bn_prior)
 
 
 def vectorisable(

@@ -16,7 +16,7 @@ from torch import nn
 from gradinv.defenses.base import Defense
 from gradinv.models import num_outputs
 from gradinv.observation import Observation, ThreatModel
-from gradinv.update import compute_update, cross_entropy, denormalize, minibatches, normalize
+from gradinv.update import compute_update, cross_entropy, denormalize, epoch_orders, minibatches, normalize
 from gradinv.validation import check_device, check_images, check_labels
 
 __all__ = [
@@ -116,7 +116,8 @@ def defended_update(
         if threat.local_shuffle:
             raise ValueError(f"defense {trainer.name!r} trains the client itself and does not reshuffle its data")
         return trained
-    return compute_update(model, inputs, targets, threat, shuffle=generator if threat.local_shuffle else None)
+    orders = epoch_orders(inputs.shape[0], threat, generator) if threat.local_shuffle else None
+    return compute_update(model, inputs, targets, threat, orders=orders)
 
 
 def encode_batch(

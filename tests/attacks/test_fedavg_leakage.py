@@ -7,7 +7,7 @@ import torch
 
 import gradinv as gi
 from gradinv.attacks.fedavg_leakage import match_epochs, order_invariant_prior
-from gradinv.update import compute_update
+from gradinv.update import compute_update, epoch_orders
 
 DIGITS = [4226, 1222, 227, 3001]  # four MNIST digits (an 8, two 2s and a 6)
 
@@ -31,7 +31,7 @@ def test_the_client_reshuffles_before_every_epoch() -> None:
     observation, x, y = _client(shuffle=True)
     model, threat = observation.model, observation.threat
     # Execute
-    again = compute_update(model, x, y, threat, shuffle=torch.Generator().manual_seed(3))
+    again = compute_update(model, x, y, threat, orders=epoch_orders(4, threat, torch.Generator().manual_seed(3)))
     in_order = compute_update(model, x, y, threat)
     # Assert: the observation is the shuffled run (the client's seed), not the data-order one
     names = [n for n, _ in model.named_parameters()]
