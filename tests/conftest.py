@@ -80,3 +80,21 @@ class Trained:
 def trained() -> Trained:
     """See :class:`Trained`."""
     return Trained()
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    """The WordPiece tokenizer shipped with all-MiniLM-L6-v2 (offline)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from gradinv.text import shipped_tokenizer
+
+    return shipped_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def reviews() -> tuple[list[str], list[int]]:
+    """Eight real movie-review sentences (Pang & Lee's sentence polarity) and their labels."""
+    from gradinv.text import sentences
+
+    return sentences(n=8, seed=0)

@@ -8,6 +8,7 @@ from gradinv.attacks import labels
 from gradinv.attacks.base import Attack, Callback, gradient_residual
 from gradinv.attacks.bias_trick import BiasTrick
 from gradinv.attacks.cafe import CAFE
+from gradinv.attacks.dager import DAGER
 from gradinv.attacks.dlg import DLG
 from gradinv.attacks.fedavg_leakage import FedAvgLeakage
 from gradinv.attacks.gias import GIAS
@@ -34,6 +35,9 @@ REGISTRY: dict[str, type[Attack]] = {
     "trap_weights": TrapWeights,
     "cafe": CAFE,
 }
+
+# Attacks on text clients (gradinv.text): they take a TextObservation and return a TextReconstruction.
+TEXT_REGISTRY: dict[str, type[DAGER]] = {"dager": DAGER}
 
 # name -> (paper, threat model, what it needs), for `gradinv list` and the README table.
 SUMMARY: dict[str, tuple[str, str, str]] = {
@@ -93,9 +97,12 @@ SUMMARY: dict[str, tuple[str, str, str]] = {
 
 
 def names(setting: str | None = None) -> list[str]:
-    """The registered attack names (``setting``: only those of ``"horizontal"`` or ``"vertical"`` FL)."""
-    if setting not in (None, "horizontal", "vertical"):
-        raise ValueError(f"setting must be 'horizontal' or 'vertical', got {setting!r}")
+    """The registered image attack names (``setting``: only those of ``"horizontal"`` or ``"vertical"`` FL), or
+    with ``setting="text"`` the attacks on text clients."""
+    if setting not in (None, "horizontal", "vertical", "text"):
+        raise ValueError(f"setting must be 'horizontal', 'vertical' or 'text', got {setting!r}")
+    if setting == "text":
+        return list(TEXT_REGISTRY)
     return [name for name, cls in REGISTRY.items() if setting is None or cls.setting == setting]
 
 
@@ -104,10 +111,14 @@ def describe() -> dict[str, str]:
     return {name: f"{paper}; {threat}; needs {needs}" for name, (paper, threat, needs) in SUMMARY.items()}
 
 
-def make(name: str, **kwargs: Any) -> Attack:
-    """Build a registered attack with keyword hyperparameters (the paper's defaults otherwise)."""
+def make(name: str, **kwargs: Any) -> Any:
+    """Build a registered attack with keyword hyperparameters (the paper's defaults otherwise): an image attack, or
+    a text attack (``names("text")``)."""
+    if name in TEXT_REGISTRY:
+        check_known_options(TEXT_REGISTRY[name], kwargs)
+        return TEXT_REGISTRY[name](**kwargs)
     if name not in REGISTRY:
-        raise ValueError(f"unknown attack {name!r}; available: {', '.join(names())}")
+        raise ValueError(f"unknown attack {name!r}; available: {', '.join(names() + names('text'))}")
     check_known_options(REGISTRY[name], kwargs)
     return REGISTRY[name](**kwargs)
 
@@ -118,6 +129,7 @@ __all__ = [
     "GradInversion",
     "BiasTrick",
     "CAFE",
+    "DAGER",
     "Imprint",
     "TrapWeights",
     "IDLG",

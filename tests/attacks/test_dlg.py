@@ -1,5 +1,6 @@
 """DLG and iDLG on DLG's sigmoid LeNet, batch 1: four real photographs at initialisation, four digits on a trained
-network. The counts asserted are the README's."""
+network. The counts asserted are the README's; ``benchmarks/optimisation_attacks.py`` re-measures every variant
+(the strong-Wolfe DLG on the photographs and iDLG on the trained network are left to it: the suite's time)."""
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def _successes(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
     return psnrs
 
 
-@pytest.mark.parametrize("variant, wins", [("idlg", 4), ("dlg", 3), ("dlg-wolfe", 4)])
+@pytest.mark.parametrize("variant, wins", [("idlg", 4), ("dlg", 3)])
 def test_on_four_photographs_at_initialisation(variant: str, wins: int) -> None:
     # Prepare: astronaut, cat, coffee, rocket at 16x16 through the untrained LeNet
     images, labels = gi.data.load("skimage", indices=list(PHOTOS.values()), size=16)
@@ -37,7 +38,7 @@ def test_on_four_photographs_at_initialisation(variant: str, wins: int) -> None:
     assert sum(p > 30 for p in psnrs) >= wins, psnrs
 
 
-@pytest.mark.parametrize("variant, wins", [("idlg", 1), ("dlg-wolfe", 3)])
+@pytest.mark.parametrize("variant, wins", [("dlg-wolfe", 3)])
 def test_on_a_trained_lenet(trained, variant: str, wins: int) -> None:
     # Prepare: four held-out digits through the LeNet trained for 5 epochs (test accuracy ~0.87)
     assert trained.lenet.accuracy > 0.8

@@ -30,22 +30,23 @@ def _beats_mean_colour(model: torch.nn.Module, images: torch.Tensor, labels: tor
 
 
 def test_inverting_gradients_on_four_photographs() -> None:
-    # Prepare: astronaut, cat, coffee, rocket (16x16) through the IG ConvNet (width 16) at initialisation
-    images, labels = gi.data.load("skimage", indices=[0, 1, 2, 3], size=16)
+    # Prepare: astronaut and rocket (16x16) through the IG ConvNet (width 16) at initialisation
+    images, labels = gi.data.load("skimage", indices=[0, 3], size=16)
     model = gi.models.make("convnet", width=16, image_shape=(3, 16, 16), seed=0)
     # Execute
     results = _beats_mean_colour(model, images, labels, CIFAR_NORM)
-    # Assert: the README's "4 of 4 beat their mean colour by > 1 dB PSNR and > 0.2 SSIM" (at least 3 here:
-    # trajectories differ in the last bits across machines)
+    # Assert: the README's "4 of 4 beat their mean colour by > 1 dB PSNR and > 0.2 SSIM", here on two of them
+    # (astronaut and rocket; benchmarks/optimisation_attacks.py re-measures all four)
     wins = [p > bp + 1.0 and s > bs + 0.2 for p, s, bp, bs in results]
-    assert sum(wins) >= 3, results
+    assert all(wins), results
 
 
 def test_inverting_gradients_on_a_trained_convnet(trained) -> None:
-    # Prepare: four held-out digits through the ConvNet trained for 2 epochs (test accuracy ~0.92)
+    # Prepare: two held-out digits through the ConvNet trained for 2 epochs (test accuracy ~0.92; the benchmark runs
+    # four)
     assert trained.convnet.accuracy > 0.85
     # Execute
-    results = _beats_mean_colour(trained.convnet.model, trained.images[:4], trained.labels[:4], ((0.5,), (0.25,)))
+    results = _beats_mean_colour(trained.convnet.model, trained.images[:2], trained.labels[:2], ((0.5,), (0.25,)))
     # Assert: the README's finding: after training, 500 steps recover structure (SSIM well above the mean grey's)
     # but no digit beats the mean grey in PSNR (at initialisation the same budget does)
     assert all(s > bs + 0.05 for _, s, _, bs in results), results

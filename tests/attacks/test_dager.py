@@ -1,0 +1,102 @@
+"""DAGER on real sentences: exact and certified from a random GPT-2 (classification and next-token loss) and from
+the shipped trained encoder; nothing certified where the span cannot tell tokens apart."""
+
+import pytest
+import torch
+
+import gradinv as gi
+from gradinv.attacks.dager import numerical_rank, span_basis, span_distance
+from gradinv.fl.text_client import observe_text
+from gradinv.metrics.text import references, text_score
+from gradinv.text import make_text_model
+
+GPT2 = {"n_layer": 3, "n_embd": 384, "n_head": 6}
+
+
+def test_span_distance_and_rank() -> None:
+    # Prepare: a rank-5 float32 "gradient" (sum of 5 outer products, one of them 5e-7 times weaker: under NumPy's
+    # matrix_rank bound of 40 * eps = 5e-6 and under the noise bound, above the rounding noise itself, 1e-8)
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(5, 40, generator=generator)
+    errors = torch.randn(5, 30, generator=generator)
+    errors[4] *= 5e-7
+    grad = (inputs.t() @ errors).float()
+    # Execute
+    rank = numerical_rank(grad, float(torch.finfo(torch.float32).eps))
+    basis = span_basis(grad, rank)
+    # Assert: the weak direction is signal, not rounding noise; the strong inputs are in the span (the weak one only
+    # to float32's precision over its weight), a random vector is not
+    assert rank == 5 and numerical_rank(inputs.t().double() @ errors.double(), 2.2e-16) == 5
+    assert float(span_distance(basis, inputs[:4]).max()) < 1e-6
+    assert float(span_distance(basis, torch.randn(40, generator=generator))) > 0.5
+    assert float(span_distance(basis, 3 * inputs[0])) < 1e-4  # scale-free
+
+
+def test_dager_recovers_eight_real_sentences_exactly_from_a_random_gpt2(tokenizer, reviews) -> None:
+    # Prepare: a random 3-layer GPT-2 of width 384 classifying eight movie reviews
+    texts, labels = reviews
+    model = make_text_model("gpt2", seed=0, **GPT2)
+    obs = observe_text(model, tokenizer, texts, labels)
+    # Execute
+    rec = gi.attacks.make("dager").reconstruct(obs)
+    scores = text_score(rec, texts, tokenizer)
+    # Assert: every sentence token for token, each certified, none certified wrongly
+    assert scores["exact"] == 1.0 and scores["rouge1"] == scores["rouge2"] == scores["rougeL"] == 1.0
+    assert len(rec.texts) == 8 and all(rec.certified) and scores["certified_wrong"] == 0
+    assert rec.info["ranks"][0] < rec.info["width"] - 20
+    assert max(rec.info["distances"]) < 1e-3
+    # a second threshold under the client's float32 noise keeps nothing
+    assert gi.attacks.make("dager", tau2=1e-9).reconstruct(obs).token_ids == []
+
+
+def test_next_token_loss_recovers_every_token_but_the_closing_one_it_appends(tokenizer, reviews) -> None:
+    # Prepare: the same decoder trained for next-token prediction on four sentences
+    texts = reviews[0][:4]
+    model = make_text_model("gpt2", task="causal_lm", seed=0, **GPT2)
+    obs = observe_text(model, tokenizer, texts, task="causal_lm")
+    # Execute
+    rec = gi.attacks.make("dager").reconstruct(obs)
+    # Assert: the last token is only a target; the attack appends the format's [SEP] and the sentences are exact
+    assert rec.info["appended"] == tokenizer.sep_token_id
+    assert sorted(rec.token_ids) == sorted(references(tokenizer, texts, 64))
+
+
+def test_dager_on_the_shipped_trained_encoder(tokenizer, reviews) -> None:
+    # Prepare: all-MiniLM-L6-v2 (trained) classifying two reviews cut at 10 tokens
+    texts, labels = reviews[0][:2], reviews[1][:2]
+    model = make_text_model("minilm", seed=0)
+    obs = observe_text(model, tokenizer, texts, labels, max_length=10)
+    # Execute: the paper's encoder search, every combination of the per-position candidates
+    rec = gi.attacks.make("dager").reconstruct(obs)
+    scores = text_score(rec, texts, tokenizer, max_length=10)
+    # Assert
+    assert scores["exact"] == 1.0 and all(rec.certified) and scores["certified_wrong"] == 0
+    assert rec.info["skipped_lengths"] == []
+
+
+def test_nothing_is_certified_when_the_batch_fills_the_layer(tokenizer, reviews) -> None:
+    # Prepare: eight sentences (~200 tokens) through a GPT-2 of width 64
+    model = make_text_model("gpt2", seed=0, n_layer=3, n_embd=64, n_head=4)
+    obs = observe_text(model, tokenizer, *reviews)
+    # Execute
+    rec = gi.attacks.make("dager").reconstruct(obs)
+    # Assert
+    assert rec.token_ids == [] and "too many tokens" in rec.info["stopped"]
+
+
+def test_dager_refuses_what_it_cannot_attack(tokenizer, reviews) -> None:
+    # Prepare
+    model = make_text_model("gpt2", seed=0, n_layer=3, n_embd=64, n_head=4)
+    obs = observe_text(model, tokenizer, reviews[0][:1], reviews[1][:1])
+    obs.update = {k: v for k, v in obs.update.items() if "h.1.attn" not in k}
+    image_obs = gi.observe(
+        gi.models.make("lenet", image_shape=(3, 16, 16)), torch.rand(1, 3, 16, 16), torch.tensor([0])
+    )
+    # Execute / Assert
+    with pytest.raises(ValueError, match="first two attention projections"):
+        gi.attacks.make("dager").reconstruct(obs)
+    with pytest.raises(TypeError, match="text observations"):
+        gi.attacks.make("dager").reconstruct(image_obs)
+    with pytest.raises(ValueError, match="tau1"):
+        gi.attacks.make("dager", tau1=0)
+    assert gi.attacks.names("text") == ["dager"] and "dager" not in gi.attacks.names()
