@@ -42,7 +42,7 @@ def row(label: str, model, tokenizer, n: int, task: str, max_length: int) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[16])
+    parser.add_argument("--batches", type=int, nargs="*", default=[16])
     parser.add_argument("--encoder-batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--encoder-length", type=int, default=12)
     args = parser.parse_args()

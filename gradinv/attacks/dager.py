@@ -16,15 +16,17 @@ being generic). DAGER reads that span off the first two attention layers' input 
 The distance of a vector ``v`` to a span with orthonormal basis ``U`` is ``|| v/|v| - U U^T v/|v| ||``. A sentence
 is certified when every one of its tokens passes both tests and the span is narrower than the layer by the paper's
 rank cut-off (20): its inputs then lie in the span of the client's own, which a wrong sentence meets only by a
-numerical coincidence. The certificate is only as good as the span's rank: a rank cut too low (NumPy's rule on these
-gradients) made true sentences fail and near-misses pass (11 of 16 certified sentences wrong on a 3-layer GPT-2).
+numerical coincidence. The certificate is only as good as the span's rank: a rank cut at a fixed noise bound (three
+directions short) made true sentences fail and near-misses pass (11 of 16 certified sentences wrong on a 3-layer
+GPT-2).
 
 Deviations, ours: the first threshold is 1e-4, not the paper's 1e-5 (in-span distances of float32 GPT-2 gradients
 reached 7e-6 for 415 tokens); the rank is read above the gradient's rounding noise (:func:`numerical_rank`), per
 layer; the encoder search enumerates a length's combinations up to ``max_combinations`` (the paper: up to 10^7, then
-random draws) and above that runs a coordinate descent from each first-word candidate, which certifies only what
-passes the same test. Under next-token loss the last token of a sentence is only a target and enters no layer input:
-the attack appends the tokenizer's closing special token when the input format has one (BERT's ``[SEP]``).
+random draws) and above that proposes sentences by a beam search (each prefix scored by the second-layer distance
+of its newest position computed on the prefix alone), which certifies only what passes the same whole-sentence test.
+Under next-token loss the last token of a sentence is only a target and enters no layer input: the attack appends the
+tokenizer's closing special token when the input format has one (BERT's ``[SEP]``).
 """
 
 from __future__ import annotations
@@ -87,8 +89,10 @@ class DAGER:
             told apart and the attack stops.
         max_positions: positions scanned for candidates (the model's own limit if smaller).
         max_prefixes: decoder prefixes kept per position (the lowest distances), a bound on the search's width.
-        max_combinations: encoder sentences tested per length (the paper caps at 10^7 random draws; here a length
-            with more is skipped and reported).
+        max_combinations: an encoder length with at most this many candidate sentences has every one tested (the
+            paper's search, up to 10^7); longer ones are proposed by a beam search of width ``beam`` (ours).
+        beam: prefixes the encoder's beam search keeps per position.
+        per_prefix: extensions of each prefix the beam search considers (its lowest-distance ones).
         chunk: sequences per forward pass.
     """
 
@@ -105,7 +109,8 @@ class DAGER:
         max_positions: int = 128,
         max_prefixes: int = 2048,
         max_combinations: int = 100_000,
-        sweeps: int = 5,
+        beam: int = 256,
+        per_prefix: int = 3,
         chunk: int = 256,
     ) -> None:
         check_arguments(self, locals())
@@ -117,13 +122,15 @@ class DAGER:
             ("max_positions", max_positions),
             ("max_prefixes", max_prefixes),
             ("max_combinations", max_combinations),
+            ("beam", beam),
+            ("per_prefix", per_prefix),
             ("chunk", chunk),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "rank_cutoff" else 1):
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
         self.tau1, self.tau2, self.rank_cutoff = tau1, tau2, rank_cutoff
         self.max_positions, self.max_prefixes, self.chunk = max_positions, max_prefixes, chunk
-        self.max_combinations, self.sweeps = max_combinations, sweeps
+        self.max_combinations, self.beam, self.per_prefix = max_combinations, beam, per_prefix
 
     def config(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -158,7 +165,7 @@ class DAGER:
             search = self._decoder if lay.causal else self._encoder
             found = search(lay, bases[1], candidates, observation.tokenizer) if candidates else []
             if not lay.causal:
-                info["skipped_lengths"] = list(self._skipped)
+                info["encoder_search"] = list(self._searched)
         closing = _closing_token(observation.tokenizer) if observation.task == "causal_lm" else None
         if closing is not None:
             # next-token loss: the last token is only ever a target, so no layer input carries it; the input format
@@ -279,54 +286,66 @@ class DAGER:
     def _encoder(
         self, lay: TransformerLayout, basis: torch.Tensor, candidates: list[list[int]], tokenizer: Any
     ) -> list[tuple[list[int], float]]:
-        """For each position ``e`` where ``[SEP]`` is a candidate, every sentence ``[CLS] w_1 .. w_{e-1}
-        [SEP]`` over the candidates of positions ``1 .. e-1`` (``[SEP]`` excluded there) is tested whole against the
-        second span; lengths with more than ``max_combinations`` sentences are skipped (recorded in ``info``)."""
+        """For each position ``e`` where ``[SEP]`` is a candidate, every sentence ``[CLS] w_1 .. w_{e-1} [SEP]`` over
+        the candidates of positions ``1 .. e-1`` (``[SEP]`` excluded there) is tested whole against the second span
+        (the paper's search), when there are at most ``max_combinations``; else :meth:`_beam` proposes them."""
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
         found: list[tuple[list[int], float]] = []
-        self._skipped: list[tuple[int, int]] = []
+        self._searched: list[tuple[int, str]] = []
         if cls not in candidates[0]:
             return found
-        for end in [p for p, tokens in enumerate(candidates) if sep in tokens and p >= 1]:
-            slots = [[t for t in candidates[p] if t != sep] for p in range(1, end)]
-            count = math.prod(len(s) for s in slots)
-            if count == 0:
+        slots = [[t for t in tokens if t != sep] for tokens in candidates]
+        ends = [p for p, tokens in enumerate(candidates) if sep in tokens and p >= 1]
+        large = [e for e in ends if math.prod(len(s) for s in slots[1:e]) > self.max_combinations]
+        for end in ends:
+            if end in large:
                 continue
-            if count > self.max_combinations:
-                self._skipped.append((end + 1, count))
-                for first in slots[0]:
-                    sentence = self._descend(lay, basis, [cls, first] + [s[0] for s in slots[1:]] + [sep], slots)
-                    distance = float(self._second(lay, basis, torch.tensor([sentence]))[0].max())
-                    if distance < self.tau2 and all(sentence != f for f, _ in found):
-                        found.append((sentence, distance))
-                continue
-            for block in _product_blocks(slots, self.chunk):
-                ids = torch.cat([torch.full((len(block), 1), cls), block, torch.full((len(block), 1), sep)], 1)
-                worst = self._second(lay, basis, ids).max(1).values
-                for row in torch.nonzero(worst < self.tau2).flatten().tolist():
-                    found.append((ids[row].tolist(), float(worst[row])))
-        return found
+            self._searched.append((end + 1, "all combinations"))
+            for block in _product_blocks(slots[1:end], self.chunk):
+                found += self._whole(lay, basis, block, cls, sep)
+        if large:
+            self._searched += [(e + 1, f"beam of {self.beam}") for e in large]
+            for _, prefixes in self._beam(lay, basis, slots, set(large)):
+                found += self._whole(lay, basis, prefixes[:, 1:], cls, sep)
+        unique: dict[tuple[int, ...], float] = {}
+        for ids, distance in found:
+            unique[tuple(ids)] = min(distance, unique.get(tuple(ids), float("inf")))
+        return [(list(k), d) for k, d in unique.items()]
 
-    def _descend(
-        self, lay: TransformerLayout, basis: torch.Tensor, sentence: list[int], slots: list[list[int]]
-    ) -> list[int]:
-        """Coordinate descent over positions ``2 .. e-1`` (the first word fixed): each position takes the candidate
-        of lowest mean second-layer distance given the others, until a sweep changes nothing."""
-        current = list(sentence)
-        for _ in range(self.sweeps):
-            changed = False
-            for index in range(2, len(current) - 1):
-                options = slots[index - 1]
-                if len(options) == 1:
-                    continue
-                trial = torch.tensor(current).repeat(len(options), 1)
-                trial[:, index] = torch.tensor(options)
-                best = options[int(self._second(lay, basis, trial).mean(1).argmin())]
-                if best != current[index]:
-                    current[index], changed = best, True
-            if not changed:
-                break
-        return current
+    def _whole(
+        self, lay: TransformerLayout, basis: torch.Tensor, middle: torch.Tensor, cls: int, sep: int
+    ) -> list[tuple[list[int], float]]:
+        """The sentences ``[CLS] middle [SEP]`` whose every position passes the second span, with their worst
+        distance."""
+        n = middle.shape[0]
+        ids = torch.cat([torch.full((n, 1), cls), middle, torch.full((n, 1), sep)], 1)
+        worst = self._second(lay, basis, ids).max(1).values
+        return [(ids[row].tolist(), float(worst[row])) for row in torch.nonzero(worst < self.tau2).flatten().tolist()]
+
+    def _beam(
+        self, lay: TransformerLayout, basis: torch.Tensor, slots: list[list[int]], ends: set[int]
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Ours: a beam search over prefixes, each scored by the summed second-layer distance of its newest
+        position computed on the prefix alone (as if the rest were padding). On MiniLM the true token had the lowest
+        such distance in 17 of 18 extensions tried; the whole-sentence test then decides. Yields, at each ``e`` in
+        ``ends``, the ``(n, e)`` prefixes kept."""
+        prefixes = torch.tensor([[slots[0][0]]])
+        scores = torch.zeros(1, dtype=torch.float64)
+        for position in range(1, max(ends)):
+            nxt = torch.tensor(slots[position])
+            if nxt.numel() == 0:
+                return
+            grown = torch.cat([prefixes.repeat_interleave(len(nxt), 0), nxt.repeat(prefixes.shape[0]).unsqueeze(1)], 1)
+            step = self._second(lay, basis, grown)[:, -1].reshape(prefixes.shape[0], len(nxt))
+            # each prefix keeps its best few extensions, so one sentence's near-misses cannot crowd out the others
+            kept = step.argsort(1)[:, : self.per_prefix if position > 1 else len(nxt)]  # every first word stays
+            rows = torch.arange(prefixes.shape[0]).unsqueeze(1).expand_as(kept)
+            total = scores[rows.flatten()] + step[rows.flatten(), kept.flatten()]
+            chosen = rows.flatten() * len(nxt) + kept.flatten()
+            order = total.argsort()[: self.beam]
+            prefixes, scores = grown[chosen[order]], total[order]
+            if position + 1 in ends:
+                yield position + 1, prefixes
 
 
 def _product_blocks(slots: list[list[int]], size: int) -> Iterator[torch.Tensor]:

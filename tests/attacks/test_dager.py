@@ -71,7 +71,22 @@ def test_dager_on_the_shipped_trained_encoder(tokenizer, reviews) -> None:
     scores = text_score(rec, texts, tokenizer, max_length=10)
     # Assert
     assert scores["exact"] == 1.0 and all(rec.certified) and scores["certified_wrong"] == 0
-    assert rec.info["skipped_lengths"] == []
+    assert rec.info["encoder_search"] == [(10, "all combinations")]
+
+
+def test_the_encoder_beam_search_recovers_what_enumeration_cannot_afford(tokenizer, reviews) -> None:
+    # Prepare: four reviews cut at 12 tokens through the trained MiniLM: 4-8 candidates per position, far more
+    # combinations than the enumeration is allowed here
+    texts, labels = reviews[0][:4], reviews[1][:4]
+    model = make_text_model("minilm", seed=0)
+    obs = observe_text(model, tokenizer, texts, labels, max_length=12)
+    # Execute
+    rec = gi.attacks.make("dager", max_combinations=1000, per_prefix=2).reconstruct(obs)
+    scores = text_score(rec, texts, tokenizer, max_length=12)
+    # Assert: all four exact and certified by the whole-sentence test, found by the beam (two of the reviews start
+    # with "a": that prefix needs both of its extensions, and every first word must stay)
+    assert scores["exact"] == 1.0 and scores["certified_wrong"] == 0
+    assert ("beam" in rec.info["encoder_search"][-1][1]) and all(rec.certified)
 
 
 def test_nothing_is_certified_when_the_batch_fills_the_layer(tokenizer, reviews) -> None:
