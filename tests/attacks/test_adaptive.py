@@ -44,7 +44,7 @@ def test_the_adaptive_view_keeps_only_what_the_defense_let_through(pruned) -> No
 def test_adaptive_idlg_matches_the_surviving_entries_where_the_plain_one_cannot(pruned) -> None:
     obs, images, labels = pruned
     plain, adaptive = (
-        gi.attacks.make("idlg", steps=60, line_search="strong_wolfe", adaptive=a).reconstruct(obs)
+        gi.attacks.make("idlg", steps=30, line_search="strong_wolfe", adaptive=a).reconstruct(obs)
         for a in (False, True)
     )
     # the plain attack asks the trial gradient to vanish where the defense cut it and stalls far from the update;
