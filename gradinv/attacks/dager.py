@@ -163,9 +163,7 @@ class DAGER:
             candidates = self._candidates(lay, bases[0])
             info["candidates"] = [len(c) for c in candidates]
             search = self._decoder if lay.causal else self._encoder
-            found = search(lay, bases[1], candidates, observation.tokenizer) if candidates else []
-            if not lay.causal:
-                info["encoder_search"] = list(self._searched)
+            found = search(lay, bases[1], candidates, observation.tokenizer, info) if candidates else []
         closing = _closing_token(observation.tokenizer) if observation.task == "causal_lm" else None
         if closing is not None:
             # next-token loss: the last token is only ever a target, so no layer input carries it; the input format
@@ -180,6 +178,8 @@ class DAGER:
             f"span rank {rank} < width {width} - {self.rank_cutoff}; every token of a certified sentence has its "
             f"first-layer input within {self.tau1:g} and its second-layer input within {self.tau2:g} of the spans"
         )
+        if closing is not None:
+            certificate += "; the closing token, in no layer input, is the input format's"
         return self._result(observation, sentences, certified, start, info, certificate)
 
     def _result(
@@ -229,7 +229,7 @@ class DAGER:
         return torch.cat(parts)
 
     def _decoder(
-        self, lay: TransformerLayout, basis: torch.Tensor, candidates: list[list[int]], tokenizer: Any
+        self, lay: TransformerLayout, basis: torch.Tensor, candidates: list[list[int]], tokenizer: Any, info: dict
     ) -> list[tuple[list[int], float]]:
         """Extend every kept prefix by every candidate of the next position; a prefix none of whose
         extensions passes is a finished sentence. The prefixes' first-layer keys and values are cached (groups of
@@ -284,14 +284,15 @@ class DAGER:
         return trimmed
 
     def _encoder(
-        self, lay: TransformerLayout, basis: torch.Tensor, candidates: list[list[int]], tokenizer: Any
+        self, lay: TransformerLayout, basis: torch.Tensor, candidates: list[list[int]], tokenizer: Any, info: dict
     ) -> list[tuple[list[int], float]]:
         """For each position ``e`` where ``[SEP]`` is a candidate, every sentence ``[CLS] w_1 .. w_{e-1} [SEP]`` over
         the candidates of positions ``1 .. e-1`` (``[SEP]`` excluded there) is tested whole against the second span
-        (the paper's search), when there are at most ``max_combinations``; else :meth:`_beam` proposes them."""
+        (the paper's search), when there are at most ``max_combinations``; else :meth:`_beam` proposes them. Which
+        search served each length goes into ``info["encoder_search"]``."""
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
         found: list[tuple[list[int], float]] = []
-        self._searched: list[tuple[int, str]] = []
+        searched: list[tuple[int, str]] = info.setdefault("encoder_search", [])
         if cls not in candidates[0]:
             return found
         slots = [[t for t in tokens if t != sep] for tokens in candidates]
@@ -300,12 +301,12 @@ class DAGER:
         for end in ends:
             if end in large:
                 continue
-            self._searched.append((end + 1, "all combinations"))
+            searched.append((end + 1, "all combinations"))
             for block in _product_blocks(slots[1:end], self.chunk):
                 found += self._whole(lay, basis, block, cls, sep)
         if large:
-            self._searched += [(e + 1, f"beam of {self.beam}") for e in large]
-            for _, prefixes in self._beam(lay, basis, slots, set(large)):
+            searched += [(e + 1, f"beam of {self.beam}") for e in large]
+            for _, prefixes in self._beam(lay, basis, cls, slots, set(large)):
                 found += self._whole(lay, basis, prefixes[:, 1:], cls, sep)
         unique: dict[tuple[int, ...], float] = {}
         for ids, distance in found:
@@ -323,13 +324,13 @@ class DAGER:
         return [(ids[row].tolist(), float(worst[row])) for row in torch.nonzero(worst < self.tau2).flatten().tolist()]
 
     def _beam(
-        self, lay: TransformerLayout, basis: torch.Tensor, slots: list[list[int]], ends: set[int]
+        self, lay: TransformerLayout, basis: torch.Tensor, cls: int, slots: list[list[int]], ends: set[int]
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Ours: a beam search over prefixes, each scored by the summed second-layer distance of its newest
         position computed on the prefix alone (as if the rest were padding). On MiniLM the true token had the lowest
         such distance in 17 of 18 extensions tried; the whole-sentence test then decides. Yields, at each ``e`` in
         ``ends``, the ``(n, e)`` prefixes kept."""
-        prefixes = torch.tensor([[slots[0][0]]])
+        prefixes = torch.tensor([[cls]])
         scores = torch.zeros(1, dtype=torch.float64)
         for position in range(1, max(ends)):
             nxt = torch.tensor(slots[position])

@@ -124,10 +124,6 @@ class TransformerLayout:
     causal: bool
     first_input: Callable[[int], torch.Tensor]
 
-    @property
-    def width(self) -> int:
-        return int(self.first_input(0).shape[-1])
-
     def input_space(self, grad: torch.Tensor) -> torch.Tensor:
         """The gradient of a projection weight arranged as ``(d_in, d_out)``: its columns span the layer's inputs
         (GPT-2's ``Conv1D`` stores ``(d_in, d_out)``, ``nn.Linear`` ``(d_out, d_in)``)."""
