@@ -20,7 +20,7 @@ from gradinv import attacks, data, defenses, models
 from gradinv.attacks.base import Callback
 from gradinv.data import NORMALIZATIONS
 from gradinv.observation import SOK_KNOWLEDGE, SOK_PRESETS, ThreatModel, sok_fields, sok_missing
-from gradinv.pipeline import RunConfig, VerticalConfig, run, run_vertical
+from gradinv.pipeline import RunConfig, TextRunConfig, VerticalConfig, run, run_text, run_vertical
 
 app = typer.Typer(
     help="gradinv: gradient inversion attacks and defenses for federated learning.",
@@ -242,6 +242,66 @@ def attack(
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
         raise _fail(err) from err
     _print_summary(record, out)
+
+
+@app.command("text")
+def text_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist or be empty)."),
+    attack_names: list[str] = typer.Option(["dager"], "--attack", "-a", help="Text attack: dager, tag, lamp."),
+    option: list[str] = typer.Option([], "--opt", help="Attack option key=value, or attack.key=value (repeatable)."),
+    defense: list[str] = typer.Option(
+        [], "--defense", "-d", help="Gradient defense NAME or NAME:key=value,... (noise, prune, topk, quantize, sign)."
+    ),
+    model: str = typer.Option("gpt2", help="gpt2 or bert (random weights), minilm (trained, shipped)."),
+    model_option: list[str] = typer.Option([], "--model-opt", help="Model option key=value, e.g. n_layer=3."),
+    task: str = typer.Option("classification", help="classification or causal_lm (gpt2)."),
+    dataset: str = typer.Option(
+        "rotten_tomatoes", "--data", help="rotten_tomatoes (bundled), or a CSV (text, label) / .txt file / folder."
+    ),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Sentences in the client's batch."),
+    max_length: int = typer.Option(32, help="Tokens kept per sentence."),
+    labels: bool = typer.Option(False, "--labels/--no-labels", help="Attacker knows the labels."),
+    seed: int = typer.Option(0, help="Seeds the sentence draw, the model and the attacks."),
+    device: str = typer.Option("cpu", help="Where to compute: cpu, cuda, cuda:N or mps."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Simulate a text client fine-tuning a transformer, run text attacks on its gradient, and write a report
+    (``gradinv attack --modality text`` in the issue's words)."""
+    try:
+        config = TextRunConfig(
+            attacks=attack_names,
+            attack_options=parse_options(option),
+            model=model,
+            model_options=parse_options(model_option),
+            task=task,
+            data=dataset,
+            batch_size=batch_size,
+            max_length=max_length,
+            defenses=[parse_defense(d) for d in defense],
+            threat=ThreatModel(knows_labels=labels),
+            seed=seed,
+            device=device,
+        )
+        with _progress() as factory, _removed_on_failure(out):
+            record = run_text(config, out, overwrite=overwrite, progress=factory)
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
+        raise _fail(err) from err
+    table = Table(title=f"gradinv text: {model} ({task}) on {dataset}, batch {batch_size}")
+    for column in ("attack", "ROUGE-1", "ROUGE-2", "token acc", "exact", "certified (wrong)", "seconds"):
+        table.add_column(column, justify="right")
+    for name, result in record["attacks"].items():
+        s = result["scores"]
+        table.add_row(
+            name,
+            f"{s['rouge1']:.3f}",
+            f"{s['rouge2']:.3f}",
+            f"{s['token_acc']:.3f}",
+            f"{s['exact']:.2f}",
+            f"{s['certified']} ({s['certified_wrong']})",
+            f"{result['seconds']:.1f}",
+        )
+    console.print(table)
+    console.print(f"report: [bold]{out / 'report.html'}[/bold]")
 
 
 @app.command("vertical")

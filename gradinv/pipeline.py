@@ -56,7 +56,9 @@ def client_training_set(client_defenses: Sequence[Any], dataset: str, n: int, **
     return data.load(dataset, n=n, up_to=True, **load)
 
 
-def split_options(names: Sequence[str], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def split_options(
+    names: Sequence[str], options: dict[str, Any], registry: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """Give each attack the options its constructor accepts; an option no attack accepts raises ``ValueError``.
 
     Keys may be ``attack.option`` to address one attack.
@@ -64,7 +66,8 @@ def split_options(names: Sequence[str], options: dict[str, Any]) -> dict[str, di
     per: dict[str, dict[str, Any]] = {n: {} for n in names}
     for key, value in options.items():
         target, _, option = key.rpartition(".")
-        params = {n: constructor_options(attacks.REGISTRY[n]) for n in names if not target or n == target}
+        classes = attacks.REGISTRY if registry is None else registry
+        params = {n: constructor_options(classes[n]) for n in names if not target or n == target}
         takers = [n for n, taken in params.items() if option in taken]
         if not takers:
             valid = "; ".join(f"{n}: {', '.join(p)}" for n, p in params.items())
@@ -252,3 +255,92 @@ def run_vertical(config: VerticalConfig, out: str | Path, *, overwrite: bool = F
     }
     save_file({"images": images.contiguous(), "labels": labels}, str(folder / "ground_truth.safetensors"))
     return report.write_run(folder, originals=images, results=results, config=record_config)
+
+
+@dataclass
+class TextRunConfig:
+    """Everything one text run needs; the fields mirror ``gradinv text``'s options."""
+
+    attacks: Sequence[str] = ("dager",)
+    attack_options: dict[str, Any] = field(default_factory=dict)
+    model: str = "gpt2"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
+    data: str = "rotten_tomatoes"  # a bundled corpus, or a CSV / text file / folder of the user's sentences
+    batch_size: int = 4
+    max_length: int = 32
+    defenses: Sequence[tuple[str, dict[str, Any]]] = ()
+    threat: ThreatModel = field(default_factory=ThreatModel)
+    seed: int = 0
+    device: str = "cpu"
+
+
+def run_text(
+    config: TextRunConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[str], Callback | None] | None = None,
+) -> dict[str, Any]:
+    """Simulate a text client (a transformer fine-tuned on ``batch_size`` real sentences), run the text attacks on
+    its gradient, and write ``metrics.json`` and ``report.html`` (true and recovered sentences side by side, tokens
+    coloured by correctness) to ``out``.
+
+    Raises:
+        ValueError: an unknown attack, model, corpus or option; sentences without labels for a classifier.
+    """
+    from gradinv.fl.text_client import observe_text
+    from gradinv.metrics.text import text_score
+    from gradinv.text import CORPORA, make_text_model, read_sentences, sentences, shipped_tokenizer
+
+    device = str(check_device(config.device))
+    for name in config.attacks:
+        if name not in attacks.TEXT_REGISTRY:
+            raise ValueError(f"unknown text attack {name!r}; available: {', '.join(attacks.names('text'))}")
+    per_attack = split_options(config.attacks, config.attack_options, attacks.TEXT_REGISTRY)
+    chosen = {name: attacks.make(name, **per_attack[name]) for name in config.attacks}
+    client_defenses = [defenses.make(name, **kwargs) for name, kwargs in config.defenses]
+    model = make_text_model(config.model, task=config.task, seed=config.seed, **config.model_options)
+    if config.data in CORPORA:
+        texts, labels = sentences(config.data, n=config.batch_size, seed=config.seed)
+    else:
+        texts, found = read_sentences(config.data, n=config.batch_size, seed=config.seed)
+        if config.task == "classification" and any(label is None for label in found):
+            raise ValueError(f"{config.data}: a classifier's sentences need labels (a CSV with a 'label' column)")
+        labels = [int(label) for label in found if label is not None]
+    tokenizer = shipped_tokenizer()
+    folder = report.prepare_folder(out, overwrite=overwrite)
+    obs = observe_text(
+        model,
+        tokenizer,
+        texts,
+        labels if config.task == "classification" else None,
+        task=config.task,
+        threat=config.threat,
+        max_length=config.max_length,
+        defenses=client_defenses,
+        seed=config.seed,
+        device=device,
+    )
+    results = {}
+    for name, attack in chosen.items():
+        log.info("running %s", name)
+        callback = progress(name) if progress else None
+        rec = attack.reconstruct(obs, callback=callback, device=device, seed=config.seed)
+        results[name] = (rec, text_score(rec, texts, tokenizer, max_length=config.max_length))
+    record_config = {
+        "modality": "text",
+        "model": config.model,
+        "model_options": config.model_options,
+        "task": config.task,
+        "data": config.data,
+        "batch_size": config.batch_size,
+        "max_length": config.max_length,
+        "defenses": [d.config() for d in client_defenses],
+        "threat": config.threat.to_dict(),
+        "seed": config.seed,
+        "device": device,
+        "texts": texts,
+        "labels": labels,
+    }
+    return report.write_text_run(folder, tokenizer=tokenizer, results=results, config=record_config)

@@ -98,3 +98,15 @@ def reviews() -> tuple[list[str], list[int]]:
     from gradinv.text import sentences
 
     return sentences(n=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def minilm2() -> Any:
+    """The shipped trained MiniLM cut to its first two layers (trained embeddings and attention, a third of the
+    cost) with a seeded two-class head: a cheap trained client for the optimisation attacks on text."""
+    from gradinv.text import make_text_model
+
+    model = make_text_model("minilm", seed=0)
+    model.bert.encoder.layer = model.bert.encoder.layer[:2]
+    model.config.num_hidden_layers = 2
+    return model

@@ -12,7 +12,13 @@ runner = CliRunner()
 def test_list_names_every_attack_model_and_dataset() -> None:
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0
-    for name in [*gi.attacks.names(), *gi.defenses.names(), *gi.models.names(), *gi.data.names()]:
+    for name in [
+        *gi.attacks.names(),
+        *gi.attacks.names("text"),
+        *gi.defenses.names(),
+        *gi.models.names(),
+        *gi.data.names(),
+    ]:
         assert name in result.output
 
 
@@ -24,6 +30,7 @@ def test_help_everywhere() -> None:
         ["demo", "--help"],
         ["list", "--help"],
         ["vertical", "--help"],
+        ["text", "--help"],
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage" in result.output

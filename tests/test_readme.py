@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import importlib.util
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from gradinv import attacks, cli, defenses
-from gradinv.pipeline import RunConfig, split_options
+from gradinv.pipeline import RunConfig, TextRunConfig, split_options
 
 ROOT = Path(__file__).parents[1]
 
@@ -47,6 +49,44 @@ def test_each_readme_example_parses_and_builds(command: list[str], tmp_path, mon
         raise typer.Exit(0)
 
     monkeypatch.setattr(cli, "run", build_only)
+    args = list(command)
+    args[args.index("--out") + 1] = str(tmp_path / "out")
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert len(built) == 1
+
+
+def _text_examples() -> list[list[str]]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Text:", 1)[1].split("\n## ", 1)[0]
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            args = shlex.split(line, comments=True)
+            if args[:2] == ["gradinv", "text"]:
+                found.append(args[1:])
+    return found
+
+
+TEXT_EXAMPLES = _text_examples()
+
+
+def test_the_readme_has_text_examples() -> None:
+    assert len(TEXT_EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize("command", TEXT_EXAMPLES, ids=lambda c: " ".join(c[:4]))
+def test_each_readme_text_example_parses_and_builds(command: list[str], tmp_path, monkeypatch) -> None:
+    built: list[TextRunConfig] = []
+
+    def build_only(config: TextRunConfig, out: Any, **_: Any) -> None:
+        per_attack = split_options(config.attacks, config.attack_options, attacks.TEXT_REGISTRY)
+        for name in config.attacks:
+            attacks.make(name, **per_attack[name])
+        built.append(config)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(cli, "run_text", build_only)
     args = list(command)
     args[args.index("--out") + 1] = str(tmp_path / "out")
     result = CliRunner().invoke(cli.app, args)

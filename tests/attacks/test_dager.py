@@ -114,4 +114,4 @@ def test_dager_refuses_what_it_cannot_attack(tokenizer, reviews) -> None:
         gi.attacks.make("dager").reconstruct(image_obs)
     with pytest.raises(ValueError, match="tau1"):
         gi.attacks.make("dager", tau1=0)
-    assert gi.attacks.names("text") == ["dager"] and "dager" not in gi.attacks.names()
+    assert gi.attacks.names("text") == ["tag", "lamp", "dager"] and "dager" not in gi.attacks.names()
