@@ -19,8 +19,10 @@ Deviations: the perplexity comes from :mod:`gradinv.text.prior` — by default a
 the English prose gensim ships, since no trained language model over BERT's vocabulary ships offline (the paper's is
 a GPT-2 trained on WikiText-103; pass any :class:`~gradinv.text.prior.Prior` or Hugging Face causal LM as ``prior``);
 ``init_size`` defaults to the attacked model's mean token-embedding norm (the paper's 1.4 is BERT-base's); the
-length is read off the position-embedding gradient rather than given; where the threat withholds the labels they
-are optimised as soft labels beside the embeddings (the paper assumes them known).
+length is read off the position-embedding gradient rather than given; where the threat withholds the labels, a single
+sentence's is read off the classifier's bias gradient (iDLG's rule) and a batch's are optimised as soft labels
+beside the embeddings (the paper assumes them known). Every sentence of a batch gets the batch's padded length (the
+attacker does not see where each one ends).
 """
 
 from __future__ import annotations

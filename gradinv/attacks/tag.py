@@ -1,7 +1,8 @@
 """TAG (Deng, Wang, Li, Wang, Ding & Yang, Findings of EMNLP 2021, "TAG: Gradient Attack on Transformer-based
-Language Models"): DLG for transformers. Dummy word embeddings (and, where the labels are unknown, soft labels) are
-optimised until their gradient matches the shared one under TAG's distance, the squared L2 norm plus an L1 term
-(paper, eq. 3), then each embedding is read as its nearest vocabulary token.
+Language Models"): DLG for transformers. Dummy word embeddings (and, for a batch whose labels are unknown, soft
+labels, as DLG does) are optimised until their gradient matches the shared one under TAG's distance, the squared L2
+norm plus an L1 term (paper, eq. 3), then each embedding is read as its nearest vocabulary token. A single sentence's
+unknown label is read off the classifier's bias gradient first (iDLG's rule; ours, for both text attacks).
 
 Settings as the LAMP authors ran TAG as their baseline (github.com/eth-sri/lamp, ``tag.sh``; the TAG paper states no
 code): Adam at learning rate 0.1 without decay, L1 weight 0.01, 2,500 steps, a standard normal start, no embedding
