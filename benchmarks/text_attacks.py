@@ -1,7 +1,7 @@
 """TAG, LAMP and DAGER side by side on real sentences from the shipped trained encoder (the papers' BERT setting at
 CPU scale).
 
-    OMP_NUM_THREADS=1 python benchmarks/text_attacks.py [--sentences 3] [--max-length 12] [--attacks random tag lamp dager]
+    OMP_NUM_THREADS=1 python benchmarks/text_attacks.py [--sentences 3] [--max-length 12] [--attacks tag lamp]
 
 For each of ``--sentences`` Pang & Lee movie reviews (seed 0; batch 1, cut at ``--max-length`` tokens) the client,
 all-MiniLM-L6-v2 (trained, 6 layers, width 384) with a new two-class head, shares one gradient (labels known, as
