@@ -10,9 +10,11 @@ from gradinv.attacks.embedding_inversion import (
     build_problem,
     head_labels,
     nearest_tokens,
+    optimise,
     read_length,
     special_ids,
 )
+from gradinv.attacks.tag import tag_distance
 from gradinv.defenses import make as make_defense
 from gradinv.fl.text_client import observe_text
 from gradinv.metrics.text import references
@@ -111,3 +113,19 @@ def test_build_problem_refuses_what_it_cannot_attack(tokenizer, reviews, small_b
     before = small_bert.config._attn_implementation
     build_problem(observe_text(small_bert, tokenizer, texts[:1], labels[:1]), None)
     assert small_bert.config._attn_implementation == before
+
+
+def test_the_optimisation_holds_the_special_tokens_at_the_ends(tokenizer, reviews, small_bert) -> None:
+    # Prepare: a random start for one review's gradient
+    texts, labels = reviews
+    obs = observe_text(small_bert, tokenizer, texts[:1], labels[:1], threat=gi.ThreatModel(knows_labels=True))
+    problem = build_problem(obs, None)
+    x0 = torch.randn(1, problem.length, problem.embeddings.shape[1], generator=torch.Generator().manual_seed(0))
+    # Execute: three Adam steps of TAG's distance
+    best, _, trace = optimise(
+        problem, x0, lambda a, b: tag_distance(a, b, 0.01), steps=3, lr=0.1, lr_decay=1.0, coeff_reg=0.0, init_size=0.0
+    )
+    # Assert: [CLS] and [SEP] sit at the ends of the kept embeddings, as the input format puts them
+    assert torch.equal(best[0, 0], problem.embeddings[tokenizer.cls_token_id])
+    assert torch.equal(best[0, -1], problem.embeddings[tokenizer.sep_token_id])
+    assert len(trace) == 3 and not torch.equal(best[0, 1], x0[0, 1])
