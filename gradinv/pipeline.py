@@ -64,9 +64,9 @@ def split_options(
     Keys may be ``attack.option`` to address one attack.
     """
     per: dict[str, dict[str, Any]] = {n: {} for n in names}
+    classes = attacks.REGISTRY if registry is None else registry
     for key, value in options.items():
         target, _, option = key.rpartition(".")
-        classes = attacks.REGISTRY if registry is None else registry
         params = {n: constructor_options(classes[n]) for n in names if not target or n == target}
         takers = [n for n, taken in params.items() if option in taken]
         if not takers:

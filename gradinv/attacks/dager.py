@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from gradinv.text.models import TransformerLayout, layout
+from gradinv.text.models import TransformerLayout, input_format, layout
 from gradinv.text.observation import TextObservation, TextReconstruction
 from gradinv.validation import check_arguments
 
@@ -168,7 +168,7 @@ class DAGER:
             info["candidates"] = [len(c) for c in candidates]
             search = self._decoder if lay.causal else self._encoder
             found = search(lay, bases[1], candidates, observation.tokenizer, info) if candidates else []
-        closing = _closing_token(observation.tokenizer) if observation.task == "causal_lm" else None
+        closing = input_format(observation.tokenizer)[1] if observation.task == "causal_lm" else None
         if closing is not None:
             # next-token loss: the last token is only ever a target, so no layer input carries it; the input format
             # (public) says what it is
@@ -358,13 +358,6 @@ def _product_blocks(slots: list[list[int]], size: int) -> Iterator[torch.Tensor]
     rows = itertools.product(*slots)
     while block := list(itertools.islice(rows, size)):
         yield torch.tensor(block, dtype=torch.int64).reshape(len(block), len(slots))
-
-
-def _closing_token(tokenizer: Any) -> int | None:
-    """The special token the tokenizer ends every sentence with (BERT's ``[SEP]``), if any."""
-    full = tokenizer("a")["input_ids"]
-    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-    return int(full[-1]) if len(full) > len(bare) and full[-1] != bare[-1] else None
 
 
 def _new_cache() -> Any:

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradinv.text.models import layout
+from gradinv.attacks.labels.idlg import idlg_label
+from gradinv.text.models import input_format, layout
 from gradinv.text.observation import TextObservation, TextReconstruction
 from gradinv.validation import check_device
 
@@ -41,11 +42,8 @@ def read_length(position_grad: torch.Tensor) -> int:
 
 
 def special_ids(tokenizer: Any) -> tuple[int | None, int | None, int | None]:
-    """The opening, closing and padding token ids of the tokenizer's input format (``None`` where it has none), read
-    off how it encodes an empty string."""
-    empty = tokenizer("")["input_ids"]
-    opening = empty[0] if len(empty) >= 1 else None
-    closing = empty[-1] if len(empty) >= 2 else None
+    """The opening, closing and padding token ids of the tokenizer's input format (``None`` where it has none)."""
+    opening, closing = input_format(tokenizer)
     return opening, closing, tokenizer.pad_token_id
 
 
@@ -190,13 +188,15 @@ def build_problem(observation: TextObservation, device: str | torch.device | Non
 
 
 def head_labels(update: dict[str, torch.Tensor], num_labels: int, batch: int) -> tuple[torch.Tensor | None, str]:
-    """A single sentence's label from the classifier head's bias gradient (iDLG, Zhao et al. 2020: under
-    cross-entropy ``dL/db_k = p_k - y_k``, negative at the true class only): ``(labels, "recovered (iDLG)")``; for a
-    batch, or a head without bias, ``(None, "optimised")`` (soft labels optimised beside the embeddings)."""
-    heads = [g for n, g in update.items() if n.endswith("bias") and g.shape == (num_labels,)]
-    if batch != 1 or not heads:
+    """A single sentence's label from the classifier head's bias gradient (:func:`~gradinv.attacks.labels.idlg.
+    idlg_label`: under cross-entropy ``dL/db_k = p_k - y_k``, negative at the true class only): ``(labels,
+    "recovered (iDLG)")``; for a batch, or a head without bias (the weight's row sums would need non-negative
+    features), ``(None, "optimised")`` (soft labels optimised beside the embeddings)."""
+    heads = [n for n, g in update.items() if n.endswith(".bias") and g.shape == (num_labels,)]
+    weight = heads[-1][: -len("bias")] + "weight" if heads else None
+    if batch != 1 or weight not in update:
         return None, "optimised"
-    return heads[-1].argmin().reshape(1), "recovered (iDLG)"
+    return idlg_label(update[weight], update[heads[-1]]), "recovered (iDLG)"
 
 
 def text_result(

@@ -56,6 +56,18 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str,
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
+def input_format(tokenizer: Any) -> tuple[int | None, int | None]:
+    """The opening and closing special tokens the tokenizer puts around every sentence (BERT's ``[CLS]`` and
+    ``[SEP]``; ``None`` where it adds none, e.g. GPT-2's own BPE), read off how it encodes one word with and without
+    them."""
+    full = tokenizer("a")["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    start = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), 0)
+    opening = int(full[0]) if start > 0 else None
+    closing = int(full[-1]) if len(full) > start + len(bare) else None
+    return opening, closing
+
+
 def make_text_model(
     name: str, *, task: str = "classification", num_labels: int = 2, seed: int = 0, **config: Any
 ) -> nn.Module:
