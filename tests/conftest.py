@@ -11,7 +11,9 @@ import torch
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one thread per worker when pytest-xdist splits the suite over the cores (the README's test command), else two
+# The README's test command splits the suite over two workers (pytest-xdist), one thread each; alone, two threads
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +67,17 @@ class Trained:
     def __init__(self) -> None:
         import gradinv as gi
 
+        # trained under two threads in every mode: a float sum's order depends on the thread count, and the
+        # checkpoint (the tests' measured numbers) with it
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            self._train(gi)
+        finally:
+            torch.set_num_threads(threads)
+        self.images, self.labels = gi.data.load("mnist_subset", n=40, size=16, channels=1, seed=777)
+
+    def _train(self, gi: Any) -> None:
         common = {"epochs": 5, "n": 3000, "size": 16, "channels": 1, "lr": 0.05}
         self.lenet = gi.evaluate.utility(
             lambda: gi.models.make("lenet", seed=0, image_shape=(1, 16, 16)), "mnist_subset", [], **common
@@ -73,7 +86,6 @@ class Trained:
         self.convnet = gi.evaluate.utility(
             lambda: gi.models.make("convnet", width=8, seed=0, image_shape=(1, 16, 16)), "mnist_subset", [], **common
         )
-        self.images, self.labels = gi.data.load("mnist_subset", n=40, size=16, channels=1, seed=777)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradinv.attacks.labels.idlg import idlg_label
+from gradinv.attacks.labels.idlg import idlg_label, idlg_source
 from gradinv.text.models import input_format, layout
 from gradinv.text.observation import TextObservation, TextReconstruction
 from gradinv.validation import check_device
@@ -190,13 +190,16 @@ def build_problem(observation: TextObservation, device: str | torch.device | Non
 def head_labels(update: dict[str, torch.Tensor], num_labels: int, batch: int) -> tuple[torch.Tensor | None, str]:
     """A single sentence's label from the classifier head's bias gradient (:func:`~gradinv.attacks.labels.idlg.
     idlg_label`: under cross-entropy ``dL/db_k = p_k - y_k``, negative at the true class only): ``(labels,
-    "recovered (iDLG)")``; for a batch, or a head without bias (the weight's row sums would need non-negative
-    features), ``(None, "optimised")`` (soft labels optimised beside the embeddings)."""
+    "recovered (iDLG)")``, or the rule's own words where a defense left other than one negative class and the label
+    is a guess (:func:`~gradinv.attacks.labels.idlg.idlg_source`); for a batch, or a head without bias (the weight's
+    row sums would need non-negative features), ``(None, "optimised")`` (soft labels optimised beside the
+    embeddings)."""
     heads = [n for n, g in update.items() if n.endswith(".bias") and g.shape == (num_labels,)]
     weight = heads[-1][: -len("bias")] + "weight" if heads else None
     if batch != 1 or weight not in update:
         return None, "optimised"
-    return idlg_label(update[weight], update[heads[-1]]), "recovered (iDLG)"
+    source = idlg_source(update[weight], update[heads[-1]])
+    return idlg_label(update[weight], update[heads[-1]]), "recovered (iDLG)" if source == "idlg" else source
 
 
 def text_result(

@@ -94,7 +94,7 @@ class FedAvgLeakage(Attack):
         labels = observation.labels
         source = "threat model"
         if labels is None:
-            labels, source = label_recovery.recover(self.label_strategy, observation, n), self.label_strategy
+            labels, source = label_recovery.recover_with_source(self.label_strategy, observation, n)
         labels = labels.to(device)
         batches = minibatches(n, threat.local_batch_size)
         epochs = math.ceil(threat.local_steps / len(batches))

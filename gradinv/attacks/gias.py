@@ -110,8 +110,7 @@ class GIAS(Attack):
         n, threat = self.batch_size_of(observation), observation.threat
         labels, label_source = observation.labels, "threat model"
         if labels is None:
-            labels = label_recovery.recover(self.label_strategy, observation, n)
-            label_source = self.label_strategy
+            labels, label_source = label_recovery.recover_with_source(self.label_strategy, observation, n)
         labels = labels.to(device)
         generator = copy.deepcopy(self._generator).to(device).eval().requires_grad_(False)
         probe = generator(torch.zeros((1, *self.latent_shape), device=device))

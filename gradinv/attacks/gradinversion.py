@@ -204,8 +204,7 @@ class GradInversion(Attack):
         threat, n, device = observation.threat, self.batch_size_of(observation), attacker_device(observation)
         labels, label_source = observation.labels, "threat model"
         if labels is None:
-            labels = label_recovery.recover(self.label_strategy, observation, n)
-            label_source = self.label_strategy
+            labels, label_source = label_recovery.recover_with_source(self.label_strategy, observation, n)
         labels = labels.to(device)
         bn_target, bn_source = self._bn_target(observation, model)
         low, high = (

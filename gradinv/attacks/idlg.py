@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gradinv.attacks.dlg import DLG
-from gradinv.attacks.labels import recover
+from gradinv.attacks.labels import recover_with_source
 from gradinv.observation import Observation
 
 
@@ -27,4 +27,4 @@ class IDLG(DLG):
             raise ValueError(f"iDLG reconstructs a single sample, the batch size is {n}; use 'inverting_gradients'")
         if observation.labels is not None:
             return observation.labels, "threat model"
-        return recover("idlg", observation, 1), "idlg"
+        return recover_with_source("idlg", observation, 1)

@@ -151,10 +151,7 @@ class InvertingGradients(Attack):
         labels = observation.labels
         label_source = "threat model"
         if labels is None:
-            labels, label_source = (
-                label_recovery.recover(self.label_strategy, observation, n),
-                self.label_strategy,
-            )
+            labels, label_source = label_recovery.recover_with_source(self.label_strategy, observation, n)
         device = attacker_device(observation)
         mixed_precision(device, self.precision)  # refuses float16 on the CPU before any work
 

@@ -60,6 +60,13 @@ def test_labels_from_the_heads_bias_at_batch_one_only(tokenizer, reviews, small_
     pair = observe_text(small_bert, tokenizer, texts[:2], labels[:2])
     assert head_labels(pair.update, 2, 2) == (None, "optimised")
     assert build_problem(pair, None).labels is None
+    # under a noise defense both classes' bias gradients can be negative: the label is then a guess, and said to be
+    noisy = observe_text(small_bert, tokenizer, texts[:1], labels[:1], defenses=[make_defense("noise", std=1.0)])
+    bias = next(g for n, g in noisy.update.items() if n.endswith(".bias") and g.shape == (2,))
+    guessed, source = head_labels(noisy.update, 2, 1)
+    assert guessed is not None and (source == "recovered (iDLG)") is (int((bias < 0).sum()) == 1)
+    forced = {**noisy.update, "classifier.bias": torch.tensor([-0.25, -0.5])}
+    assert head_labels(forced, 2, 1)[1].startswith("idlg, guessed: 2 of 2 classes")
 
 
 def test_read_length_counts_the_positions_used_also_under_noise(tokenizer, reviews, small_bert) -> None:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import gradinv as gi
-from gradinv.attacks.labels import llg_labels, recover
+from gradinv.attacks.labels import idlg_source, llg_labels, recover, recover_with_source
 
 
 @pytest.mark.parametrize("model_name", ["lenet", "convnet", "resnet20", "mlp"])
@@ -33,6 +33,36 @@ def test_idlg_uses_the_weight_rows_when_the_layer_has_no_bias() -> None:
         label = gi.attacks.labels.idlg_label(obs.update["fc.weight"], None)
         # Assert
         assert int(label) == int(labels[i])
+
+
+def test_idlg_says_when_its_rule_did_not_decide_the_label() -> None:
+    # Prepare: the cat through DLG's LeNet, shared as it is and under Gaussian noise of std 0.05 (the bias gradient's
+    # entries are p_k - y_k: nine small positive ones, -0.9 at the cat's class)
+    images, labels = gi.data.load("skimage", indices=[1], size=32)
+    model = gi.models.make("lenet", seed=0)
+    threat = gi.ThreatModel(knows_labels=False)
+    clean = gi.observe(model, images, labels, threat=threat)
+    noisy = gi.observe(model, images, labels, threat=threat, defenses=[gi.defenses.make("noise", std=0.05)], seed=0)
+    # Execute
+    found, source = recover_with_source("idlg", clean, 1)
+    guessed, guess_source = recover_with_source("idlg", noisy, 1)
+    # Assert: the rule holds on the clean update (one negative class) and decides; under the noise several classes
+    # are negative and the source says the label is a guess, whether or not the guess is right
+    assert found.tolist() == labels.tolist() and source == "idlg"
+    assert guess_source.startswith("idlg, guessed:") and "of 10 classes have a negative gradient" in guess_source
+    assert int((noisy.update["fc.bias"] < 0).sum()) > 1
+    # the attacks report it: iDLG's label_source
+    rec = gi.attacks.make("idlg", steps=1).reconstruct(noisy)
+    assert rec.info["label_source"] == guess_source
+
+
+def test_idlg_reads_the_weight_rows_when_a_defense_zeroed_the_bias_gradient() -> None:
+    weight = torch.tensor([[0.5, 0.25], [-1.0, -0.5], [0.125, 0.125]])  # row sums 0.75, -1.5, 0.25
+    zero = torch.zeros(3)
+    assert idlg_source(weight, zero) == "idlg" and int(gi.attacks.labels.idlg_label(weight, zero)) == 1
+    both = torch.tensor([-0.25, -0.5, 0.75])
+    assert int(gi.attacks.labels.idlg_label(weight, both)) == 1 and "2 of 3 classes" in idlg_source(weight, both)
+    assert "0 of 3 classes" in idlg_source(torch.ones(3, 2), None)
 
 
 @pytest.mark.parametrize("model_name, kwargs", [("mlp", {"hidden": (256,)}), ("convnet", {"width": 8})])

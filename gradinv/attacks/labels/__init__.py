@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from gradinv.attacks.labels.idlg import idlg_label
+from gradinv.attacks.labels.idlg import idlg_label, idlg_source
 from gradinv.attacks.labels.llg import llg_labels
 from gradinv.attacks.labels.yin import yin_labels
 from gradinv.models import classifier
@@ -50,6 +50,13 @@ def describe() -> dict[str, str]:
 
 def recover(strategy: str, observation: Observation, n: int) -> torch.Tensor:
     """Recover ``n`` labels from the observed update with the named strategy (``auto``: idlg if n == 1 else llg)."""
+    return recover_with_source(strategy, observation, n)[0]
+
+
+def recover_with_source(strategy: str, observation: Observation, n: int) -> tuple[torch.Tensor, str]:
+    """:func:`recover`, and where the labels came from in words for a result's ``label_source``: the strategy's
+    name, except where iDLG's rule did not decide (:func:`~gradinv.attacks.labels.idlg.idlg_source`: a defense left
+    no single negative class, so the label is the most negative class's, a guess, and the source says so)."""
     if strategy == "auto":
         strategy = "idlg" if n == 1 else "llg"
     if strategy not in REGISTRY:
@@ -63,7 +70,9 @@ def recover(strategy: str, observation: Observation, n: int) -> torch.Tensor:
     bias = observation.update[bias_name] if bias_name else None
     if not bool(weight.abs().max() > 0) and (bias is None or not bool(bias.abs().max() > 0)):
         raise ValueError(f"the classifier's update ({weight_name}) is zero: it carries no label information")
-    return REGISTRY[strategy][0](weight.detach(), None if bias is None else bias.detach(), n).to(weight.device)
+    weight, bias = weight.detach(), None if bias is None else bias.detach()
+    labels = REGISTRY[strategy][0](weight, bias, n).to(weight.device)
+    return labels, idlg_source(weight, bias) if strategy == "idlg" else strategy
 
 
 def label_counts(observation: Observation, n: int, strategy: str = "auto") -> torch.Tensor:
@@ -72,4 +81,15 @@ def label_counts(observation: Observation, n: int, strategy: str = "auto") -> to
     return torch.bincount(recover(strategy, observation, n), minlength=observation.num_classes)
 
 
-__all__ = ["classifier", "describe", "idlg_label", "label_counts", "llg_labels", "names", "recover", "yin_labels"]
+__all__ = [
+    "classifier",
+    "describe",
+    "idlg_label",
+    "idlg_source",
+    "label_counts",
+    "llg_labels",
+    "names",
+    "recover",
+    "recover_with_source",
+    "yin_labels",
+]
