@@ -250,7 +250,10 @@ def text_command(
     attack_names: list[str] = typer.Option(["dager"], "--attack", "-a", help="Text attack: dager, tag, lamp."),
     option: list[str] = typer.Option([], "--opt", help="Attack option key=value, or attack.key=value (repeatable)."),
     defense: list[str] = typer.Option(
-        [], "--defense", "-d", help="Gradient defense NAME or NAME:key=value,... (noise, prune, topk, quantize, sign)."
+        [],
+        "--defense",
+        "-d",
+        help="Defense NAME or NAME:key=value,... (noise, prune, topk, quantize, sign; dpsgd: DP-SGD training).",
     ),
     model: str = typer.Option("gpt2", help="gpt2 or bert (random weights), minilm (trained, shipped)."),
     model_option: list[str] = typer.Option([], "--model-opt", help="Model option key=value, e.g. n_layer=3."),

@@ -7,6 +7,7 @@ import hashlib
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -59,6 +60,36 @@ def dp_gradient(
     grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
     wrapped._close()
     return grads
+
+
+def dp_sum(
+    per_sample: Sequence[Sequence[torch.Tensor]],
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
+    """DP-SGD's gradient from per-sample gradients (Abadi et al., CCS 2016, Algorithm 1, lines 4-6): each sample's
+    gradient scaled by ``min(1, C / (|g| + 1e-6))`` (its norm over every tensor; Opacus' flat clipping and epsilon),
+    summed, Gaussian noise of std ``noise_multiplier * C`` added to each entry, divided by the number of samples.
+
+    Args:
+        per_sample: one list of gradient tensors per sample, each in the same order and shapes.
+        generator: draws the noise (on the tensors' device).
+    """
+    if not per_sample:
+        raise ValueError("dp_sum needs at least one sample's gradient")
+    total = [torch.zeros_like(g) for g in per_sample[0]]
+    for grads in per_sample:
+        norm = torch.stack([g.detach().double().pow(2).sum() for g in grads]).sum().sqrt()
+        factor = float((max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
+        for t, g in zip(total, grads, strict=True):
+            t.add_(g.detach(), alpha=factor)
+    std = noise_multiplier * max_grad_norm
+    if std > 0:
+        for t in total:
+            t.add_(torch.normal(0.0, std, t.shape, generator=generator, device=t.device, dtype=t.dtype))
+    return [t / len(per_sample) for t in total]
 
 
 def gaussian_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:

@@ -1,4 +1,5 @@
-"""A text client: fine-tunes a Hugging Face transformer on its private sentences and shares one gradient."""
+"""A text client: fine-tunes a Hugging Face transformer on its private sentences and shares one gradient (plain, or
+DP-SGD's: per-sentence clipping and Gaussian noise)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from gradinv.defenses.base import Defense
+from gradinv.defenses.dpsgd import DPSGD, dp_sum, noise_seed
 from gradinv.observation import ThreatModel
 from gradinv.text.models import tokenize
 from gradinv.text.observation import TASKS, TextObservation
@@ -49,13 +51,19 @@ def observe_text(
         task: one of :data:`gradinv.text.TASKS`.
         threat: only a shared gradient (``update="gradient"``) is simulated for text.
         max_length: tokens kept per sentence.
-        defenses: gradient defenses (their ``apply``: noise, pruning, ...) in order.
-        seed: seeds the defenses' randomness.
+        defenses: gradient defenses (their ``apply``: noise, pruning, ...) in order, and at most one ``dpsgd``: the
+            client then trains with DP-SGD (Abadi et al. 2016, Algorithm 1): each sentence's own gradient (of its
+            own loss: its cross-entropy, or its tokens' mean next-token loss) is clipped to ``max_grad_norm``, the
+            clipped ones are summed, Gaussian noise of std ``noise_multiplier * max_grad_norm`` is added and the sum
+            divided by the batch size (:func:`~gradinv.defenses.dpsgd.dp_sum`; a sentence at a time, so any
+            architecture works, GPT-2's ``Conv1D`` included); the other defenses then act on that update.
+        seed: seeds the defenses' randomness (DP-SGD's noise from its own stream, as for images).
         device: where the client computes its gradient; the observation comes back on the CPU.
 
     Raises:
         ValueError: an unknown task, missing or misaligned labels, no sentences, or a FedAvg threat.
-        TypeError: texts that are not strings, or a defense that changes the client's training or data.
+        TypeError: texts that are not strings, or a defense that changes the client's training or data (other than
+            ``dpsgd``).
     """
     chosen = check_device(device)
     threat = threat or ThreatModel()
@@ -74,27 +82,50 @@ def observe_text(
         target = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
         if target.numel() != len(texts):
             raise ValueError(f"{target.numel()} labels for {len(texts)} sentences")
+    private = [defense for defense in defenses if isinstance(defense, DPSGD)]
     for defense in defenses:
         kind = type(defense)
-        if any(getattr(kind, m) is not getattr(Defense, m) for m in ("client_update", "encode", "prepare_model")):
+        changes = ("client_update", "encode", "prepare_model")
+        if not isinstance(defense, DPSGD) and any(getattr(kind, m) is not getattr(Defense, m) for m in changes):
             raise TypeError(
                 f"defense {defense.name!r} changes the client's model, data or training; text clients take "
-                "gradient defenses (noise, prune, topk, quantize, sign)"
+                "gradient defenses (noise, prune, topk, quantize, sign) and dpsgd"
             )
+    if len(private) > 1:
+        raise ValueError(f"{len(private)} dpsgd defenses: a client trains with one")
+    if private and private[0].secure_rng:
+        raise ValueError("dpsgd's secure_rng (Opacus' secure-mode noise) is not simulated for text clients")
     batch = tokenize(tokenizer, texts, max_length)
     model.eval()
     original = next(model.parameters()).device
     model.to(chosen)
+    generator = torch.Generator().manual_seed(seed)
     try:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        loss = text_loss(
-            model, {k: v.to(chosen) for k, v in batch.items()}, None if target is None else target.to(chosen), task
-        )
-        grads = torch.autograd.grad(loss, [p for _, p in named])
+        params = [p for _, p in named]
+        on = {k: v.to(chosen) for k, v in batch.items()}
+        y = None if target is None else target.to(chosen)
+        if private:  # DP-SGD: each sentence's gradient on its own (its padded row: padding enters no term)
+            dp = private[0]
+            per_sample = [
+                torch.autograd.grad(
+                    text_loss(
+                        model, {k: v[i : i + 1] for k, v in on.items()}, None if y is None else y[i : i + 1], task
+                    ),
+                    params,
+                )
+                for i in range(len(texts))
+            ]
+            noise = torch.Generator(device=chosen).manual_seed(noise_seed(generator))
+            grads = dp_sum(
+                per_sample, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm, generator=noise
+            )
+            dp.release_steps = 1
+        else:
+            grads = list(torch.autograd.grad(text_loss(model, on, y, task), params))
     finally:
         model.to(original)
     update = {n: g.detach().cpu() for (n, _), g in zip(named, grads, strict=True)}
-    generator = torch.Generator().manual_seed(seed)
     for defense in defenses:
         update = defense.apply(update, generator=generator)
     return TextObservation(

@@ -29,6 +29,28 @@ def test_noise_free_update_is_the_mean_of_clipped_per_sample_gradients() -> None
         torch.testing.assert_close(obs.update[name], e, rtol=1e-5, atol=1e-7)
 
 
+def test_dp_sum_is_opacus_dp_sgd_noise_included() -> None:
+    # Prepare: three photographs' own gradients (one at a time) through an MLP, clipped at 0.5 (their norms are ~10)
+    from gradinv.defenses.dpsgd import dp_gradient, dp_sum
+
+    images, labels = gi.data.load("skimage", n=3, size=16, seed=0)
+    model = gi.models.make("mlp", image_shape=(3, 16, 16), hidden=(32,), seed=0)
+    params = list(model.parameters())
+    per_sample = [
+        torch.autograd.grad(F.cross_entropy(model(images[i : i + 1]), labels[i : i + 1]), params) for i in range(3)
+    ]
+    # Execute: ours (the text client's DP-SGD) and Opacus' optimizer, the noise drawn from the same seed
+    ours = dp_sum(per_sample, noise_multiplier=1.5, max_grad_norm=0.5, generator=torch.Generator().manual_seed(4))
+    opacus = dp_gradient(
+        model, images, labels, noise_multiplier=1.5, max_grad_norm=0.5, generator=torch.Generator().manual_seed(4)
+    )
+    # Assert: the same clipping, the same noise, the same scale
+    for a, b in zip(ours, opacus, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        dp_sum([], noise_multiplier=1.0, max_grad_norm=1.0, generator=torch.Generator())
+
+
 def test_dp_noise_raises_the_attack_error_monotonically_and_epsilon_falls() -> None:
     images, labels = gi.data.load("skimage", indices=[0], size=32)
     errors, epsilons = [], []

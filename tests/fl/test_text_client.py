@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import gradinv as gi
+from gradinv.defenses.dpsgd import gaussian_epsilon
 from gradinv.fl.text_client import observe_text
+from gradinv.metrics.text import text_score
 from gradinv.text import make_text_model, tokenize
 
 SMALL = {"n_layer": 2, "n_embd": 64, "n_head": 4}
@@ -71,3 +73,36 @@ def test_gradient_defenses_apply_to_the_text_update(tokenizer, reviews) -> None:
     assert float((plain.update[name] != 0).float().mean()) > 0.99
     assert float((pruned.update[name] != 0).float().mean()) < 0.101
     assert pruned.defenses[0]["name"] == "prune"
+
+
+def test_dpsgd_on_text_clips_each_sentence_and_clipping_alone_leaves_dager_exact(tokenizer, reviews) -> None:
+    # Prepare: four reviews through a random 3-layer GPT-2 of width 384 (the DAGER tests' shape)
+    texts, labels = reviews[0][:4], reviews[1][:4]
+    model = make_text_model("gpt2", seed=0, n_layer=3, n_embd=384, n_head=6)
+    plain = observe_text(model, tokenizer, texts, labels)
+    unclipped = gi.defenses.make("dpsgd", noise_multiplier=0.0, max_grad_norm=1e6)
+    clipped = gi.defenses.make("dpsgd", noise_multiplier=0.0, max_grad_norm=1e-3)
+    noised = gi.defenses.make("dpsgd", noise_multiplier=1e-6, max_grad_norm=1.0)  # epsilon 5.5e11: no privacy
+    # Execute
+    same = observe_text(model, tokenizer, texts, labels, defenses=[unclipped])
+    only_clipped = observe_text(model, tokenizer, texts, labels, defenses=[clipped])
+    private = observe_text(model, tokenizer, texts, labels, defenses=[noised])
+    dager = gi.attacks.make("dager")
+    recovered, stopped = dager.reconstruct(only_clipped), dager.reconstruct(private)
+    # Assert: without clipping or noise, DP-SGD's update is the batch gradient (the mean of the sentences' own); each
+    # sentence's norm is far above 1e-3, so clipping rescales each one: the update's direction changes, its span
+    # does not, and DAGER still reads every sentence exactly. Any noise above float32's rounding fills the span and
+    # DAGER, as published, stops: here at noise 1e-6 (epsilon 5.5e11, no privacy to speak of): the attack's
+    # brittleness, not the defense's protection
+    for name, grad in plain.update.items():
+        torch.testing.assert_close(same.update[name], grad, rtol=1e-4, atol=1e-6)
+    flat = torch.cat([g.flatten() for g in only_clipped.update.values()])
+    assert float(flat.norm()) <= 1e-3 * (1 + 1e-4)
+    assert text_score(recovered, texts, tokenizer)["exact"] == 1.0 and all(recovered.certified)
+    assert not any(stopped.certified) and "stopped" in stopped.info
+    assert private.defenses[0]["release_epsilon"] == pytest.approx(gaussian_epsilon(1e-6, 1.0, 1, 1e-5))
+    assert private.defenses[0]["release_epsilon"] > 1e11 and stopped.info["ranks"] == [384, 384]
+    with pytest.raises(ValueError, match="secure_rng"):
+        observe_text(model, tokenizer, texts, labels, defenses=[gi.defenses.make("dpsgd", secure_rng=True)])
+    with pytest.raises(ValueError, match="2 dpsgd defenses"):
+        observe_text(model, tokenizer, texts, labels, defenses=[clipped, noised])
