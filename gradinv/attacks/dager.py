@@ -27,6 +27,11 @@ random draws) and above that proposes sentences by a beam search (each prefix sc
 of its newest position computed on the prefix alone), which certifies only what passes the same whole-sentence test.
 Under next-token loss the last token of a sentence is only a target and enters no layer input: the attack appends the
 tokenizer's closing special token when the input format has one (BERT's ``[SEP]``).
+
+Under noise (a ``noise`` defense, DP-SGD) every direction of the gradient carries some, and the rank test above reads a
+full span and stops. With the noise level the observation records (the official code takes it as an argument,
+``--defense_noise``), the span is read above the noise's spectral edge and the thresholds are widened to a fraction of
+Wedin's bound on the span's error (ours: :data:`NOISE_SLACK`); nothing is certified then.
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ from gradinv.text.observation import TextObservation, TextReconstruction
 from gradinv.validation import check_arguments
 
 log = logging.getLogger(__name__)
+
+#: Under recorded noise, the thresholds are this fraction of Wedin's bound on the span's error (ours: on a random
+#: 3-layer GPT-2, true tokens and sentences sat at 1/20 (first layer) and 1/10 (second) of it, wrong ones above 1/2;
+#: at 1/4, wrong prefixes passed at noise 3e-6 and the decoder's search ran to its width bound).
+NOISE_SLACK = 0.15
 
 
 def numerical_rank(matrix: torch.Tensor, eps: float) -> int:
@@ -78,6 +88,50 @@ def span_distance(basis: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     return (v - (v @ basis) @ basis.t()).norm(dim=-1)
 
 
+def noise_rank(matrix: torch.Tensor, std: float) -> int:
+    """The rank of a low-rank gradient under i.i.d. noise of ``std`` per entry: its singular values above 1.1 times
+    the noise's spectral edge ``std * (sqrt(m) + sqrt(n))`` (the largest singular value of an ``m x n`` matrix of
+    such noise, Bai-Yin); a signal direction weaker than the noise is lost, as it must be."""
+    values = torch.linalg.svdvals(matrix.double())
+    return int((values > 1.1 * noise_edge(matrix, std)).sum())
+
+
+def noise_edge(matrix: torch.Tensor, std: float) -> float:
+    """``std * (sqrt(m) + sqrt(n))``: the spectral norm of ``matrix``'s shape of i.i.d. noise of ``std``."""
+    return std * (matrix.shape[0] ** 0.5 + matrix.shape[1] ** 0.5)
+
+
+def wedin_bound(matrix: torch.Tensor, std: float, rank: int) -> float:
+    """Wedin's bound on the sine of the angle between the span read off the noisy ``matrix`` and the true one:
+    the noise's spectral norm over the ``rank``-th singular value (capped at 1)."""
+    if rank == 0:
+        return 1.0
+    values = torch.linalg.svdvals(matrix.double())
+    return min(1.0, noise_edge(matrix, std) / float(values[rank - 1]))
+
+
+def recorded_noise(observation: TextObservation) -> float:
+    """The std of the noise the observation's recorded defenses added to each gradient entry (variances add):
+    ``noise``'s ``std`` (Gaussian or Laplacian), DP-SGD's ``noise_multiplier * max_grad_norm / B``; 0 when none.
+
+    Raises:
+        ValueError: DP-SGD noise with the batch size withheld (the noise on the mean gradient depends on it).
+    """
+    variance = 0.0
+    for defense in observation.defenses:
+        if defense.get("name") == "noise":
+            variance += float(defense["std"]) ** 2
+        elif defense.get("name") == "dpsgd" and float(defense["noise_multiplier"]) > 0:
+            if observation.batch_size is None:
+                raise ValueError(
+                    "DP-SGD noise on the mean gradient is noise_multiplier * max_grad_norm / B, and the threat "
+                    "withholds B: grant knows_batch_size, or run dager with noise_aware=False"
+                )
+            std = float(defense["noise_multiplier"]) * float(defense["max_grad_norm"]) / observation.batch_size
+            variance += std**2
+    return math.sqrt(variance)
+
+
 class DAGER:
     """DAGER (Petrov et al., NeurIPS 2024): exact sentences from the first attention layers' gradients.
 
@@ -94,6 +148,11 @@ class DAGER:
         beam: prefixes the encoder's beam search keeps per position.
         per_prefix: extensions of each prefix the beam search considers (its lowest-distance ones).
         chunk: sequences per forward pass.
+        noise_aware: where the observation records noise (a ``noise`` defense, DP-SGD), read the span above the
+            noise's spectral edge (:func:`noise_rank`) and widen both thresholds to 0.15 of Wedin's bound on the
+            span's error, when that is larger (``NOISE_SLACK``; the official code likewise takes the noise level as
+            an argument). No sentence is certified under noise. ``False``: the attack as published, whose rank test
+            counts every noise direction and stops.
     """
 
     name = "dager"
@@ -112,6 +171,7 @@ class DAGER:
         beam: int = 256,
         per_prefix: int = 3,
         chunk: int = 256,
+        noise_aware: bool = True,
     ) -> None:
         check_arguments(self, locals())
         for key, value in (("tau1", tau1), ("tau2", tau2)):
@@ -131,6 +191,9 @@ class DAGER:
         self.tau1, self.tau2, self.rank_cutoff = tau1, tau2, rank_cutoff
         self.max_positions, self.max_prefixes, self.chunk = max_positions, max_prefixes, chunk
         self.max_combinations, self.beam, self.per_prefix = max_combinations, beam, per_prefix
+        if not isinstance(noise_aware, bool):
+            raise TypeError(f"noise_aware must be a bool, got {noise_aware!r}")
+        self.noise_aware = noise_aware
 
     def config(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -156,17 +219,28 @@ class DAGER:
             raise ValueError(f"dager needs the gradients of the first two attention projections; missing {missing}")
         grads = [lay.input_space(observation.update[name]) for name in lay.projections[:2]]
         eps = float(torch.finfo(observation.update[lay.projections[0]].dtype).eps)
-        ranks = [numerical_rank(g, eps) for g in grads]
+        noise = recorded_noise(observation) if self.noise_aware else 0.0
+        if noise > 0:
+            ranks = [noise_rank(g, noise) for g in grads]
+        else:
+            ranks = [numerical_rank(g, eps) for g in grads]
         rank, width = max(ranks), grads[0].shape[0]
-        info: dict[str, Any] = {"ranks": ranks, "width": width}
+        info: dict[str, Any] = {"ranks": ranks, "width": width, "noise_std": noise}
         if rank > width - self.rank_cutoff:
             message = f"the span has rank {rank}, within {self.rank_cutoff} of the layer width {width}: too many tokens"
             return self._result(observation, [], [], start, info | {"stopped": message}, message)
         bases = [span_basis(g, r) for g, r in zip(grads, ranks, strict=True)]
+        search_with = self
+        if noise > 0:  # the thresholds widened to the span's error under the recorded noise
+            search_with = copy.copy(self)
+            bounds = [wedin_bound(g, noise, r) for g, r in zip(grads, ranks, strict=True)]
+            search_with.tau1 = max(self.tau1, NOISE_SLACK * bounds[0])
+            search_with.tau2 = max(self.tau2, NOISE_SLACK * bounds[1])
+            info["thresholds"] = [search_with.tau1, search_with.tau2]
         with torch.no_grad():
-            candidates = self._candidates(lay, bases[0])
+            candidates = search_with._candidates(lay, bases[0])
             info["candidates"] = [len(c) for c in candidates]
-            search = self._decoder if lay.causal else self._encoder
+            search = search_with._decoder if lay.causal else search_with._encoder
             found = search(lay, bases[1], candidates, observation.tokenizer, info) if candidates else []
         closing = input_format(observation.tokenizer)[1] if observation.task == "causal_lm" else None
         if closing is not None:
@@ -177,11 +251,16 @@ class DAGER:
         sentences = [ids for ids, _ in found]
         distances = [d for _, d in found]
         info["distances"] = distances
-        certified = [d < self.tau2 for d in distances]
+        certified = [d < self.tau2 and noise == 0 for d in distances]
         certificate = (
             f"span rank {rank} < width {width} - {self.rank_cutoff}; every token of a certified sentence has its "
             f"first-layer input within {self.tau1:g} and its second-layer input within {self.tau2:g} of the spans"
         )
+        if noise > 0:
+            certificate = (
+                f"not certified: noise of std {noise:.3g} recorded; spans read above its edge (ranks {ranks}), "
+                f"sentences kept within {search_with.tau1:.3g} and {search_with.tau2:.3g} of them"
+            )
         if closing is not None:
             certificate += "; the closing token, in no layer input, is the input format's"
         return self._result(observation, sentences, certified, start, info, certificate)
@@ -213,11 +292,12 @@ class DAGER:
         the float64 distance."""
         limit = min(self.max_positions, _positions(lay))
         coarse = basis.float()
+        screen = max(1e-4, 4 * self.tau1**2)  # squared distance, with room for float32 (and for noisy spans)
         out = []
         for position in range(limit):
             inputs = lay.first_input(position)
             unit = inputs / inputs.norm(dim=-1, keepdim=True)
-            near = torch.nonzero(1 - (unit @ coarse).pow(2).sum(-1) < 1e-4).flatten()
+            near = torch.nonzero(1 - (unit @ coarse).pow(2).sum(-1) < screen).flatten()
             distance = span_distance(basis, inputs[near])
             hits = distance < self.tau1
             if not bool(hits.any()):

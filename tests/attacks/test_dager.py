@@ -5,7 +5,15 @@ import pytest
 import torch
 
 import gradinv as gi
-from gradinv.attacks.dager import numerical_rank, span_basis, span_distance
+from gradinv.attacks.dager import (
+    noise_edge,
+    noise_rank,
+    numerical_rank,
+    recorded_noise,
+    span_basis,
+    span_distance,
+    wedin_bound,
+)
 from gradinv.fl.text_client import observe_text
 from gradinv.metrics.text import references, text_score
 from gradinv.text import make_text_model
@@ -30,6 +38,53 @@ def test_span_distance_and_rank() -> None:
     assert float(span_distance(basis, inputs[:4]).max()) < 1e-6
     assert float(span_distance(basis, torch.randn(40, generator=generator))) > 0.5
     assert float(span_distance(basis, 3 * inputs[0])) < 1e-4  # scale-free
+
+
+def test_noise_rank_reads_the_signal_above_the_noise_edge() -> None:
+    # Prepare: a rank-5 40 x 300 gradient (singular values 2.3-3.5 x 1e-1... well above the edge) plus noise of
+    # std 1e-3 per entry (edge 1e-3 * (sqrt(40) + sqrt(300)) = 0.024)
+    generator = torch.Generator().manual_seed(0)
+    signal = torch.randn(40, 5, generator=generator) @ torch.randn(5, 300, generator=generator) * 0.01
+    noisy = signal + 1e-3 * torch.randn(40, 300, generator=generator)
+    # Execute / Assert: the rounding-noise rank counts every direction, the noise-aware one the signal's
+    assert numerical_rank(noisy.float(), float(torch.finfo(torch.float32).eps)) == 40
+    assert noise_rank(noisy, 1e-3) == 5 and noise_rank(noisy, 1.0) == 0
+    assert noise_edge(noisy, 1e-3) == pytest.approx(1e-3 * (40**0.5 + 300**0.5))
+    values = torch.linalg.svdvals(noisy.double())
+    assert wedin_bound(noisy, 1e-3, 5) == pytest.approx(noise_edge(noisy, 1e-3) / float(values[4]))
+    # and the true inputs lie within that bound of the noisy span, a random vector far outside
+    basis = span_basis(noisy, 5)
+    inputs = torch.linalg.svd(signal.double(), full_matrices=False)[0][:, :5].t()
+    assert float(span_distance(basis, inputs).max()) < wedin_bound(noisy, 1e-3, 5)
+    assert float(span_distance(basis, torch.randn(40, generator=generator))) > 0.5
+
+
+def test_under_recorded_noise_dager_reads_the_span_above_its_edge(tokenizer, reviews) -> None:
+    # Prepare: four reviews through a random 3-layer GPT-2 of width 384, Gaussian noise of std 1e-6 on the gradient
+    texts, labels = reviews[0][:4], reviews[1][:4]
+    model = make_text_model("gpt2", seed=0, **GPT2)
+    obs = observe_text(model, tokenizer, texts, labels, defenses=[gi.defenses.make("noise", std=1e-6)])
+    # Execute
+    aware = gi.attacks.make("dager").reconstruct(obs)
+    plain = gi.attacks.make("dager", noise_aware=False).reconstruct(obs)
+    # Assert: the published thresholds find no token in the noisy span (its rank read 120 and 123 here; under
+    # DP-SGD's noise it read the full 384 and stopped: tests/fl/test_text_client.py); with the recorded noise every
+    # sentence comes back token for token (the spans' ranks those of the noise-free gradient, 120 and 124), and none
+    # is certified
+    assert not plain.texts and plain.info["candidates"] == [] and plain.info["noise_std"] == 0.0
+    assert aware.info["noise_std"] == 1e-6 and aware.info["ranks"] == [120, 124]
+    assert text_score(aware, texts, tokenizer)["exact"] == 1.0 and not any(aware.certified)
+    assert aware.certificate.startswith("not certified: noise of std 1e-06")
+    assert 1e-4 < aware.info["thresholds"][0] < aware.info["thresholds"][1] < 0.1
+    # the recorded noise: variances add; DP-SGD's is noise_multiplier * max_grad_norm / B and needs B
+    dp = gi.defenses.make("dpsgd", noise_multiplier=1.0, max_grad_norm=1.6e-5)
+    two = observe_text(model, tokenizer, texts, labels, defenses=[gi.defenses.make("noise", std=3e-6), dp])
+    assert recorded_noise(two) == pytest.approx(((3e-6) ** 2 + (4e-6) ** 2) ** 0.5)
+    hidden = observe_text(model, tokenizer, texts, labels, defenses=[dp], threat=gi.ThreatModel(knows_batch_size=False))
+    with pytest.raises(ValueError, match="knows_batch_size"):
+        gi.attacks.make("dager").reconstruct(hidden)
+    with pytest.raises(TypeError, match="noise_aware"):
+        gi.attacks.make("dager", noise_aware="yes")
 
 
 def test_dager_recovers_eight_real_sentences_exactly_from_a_random_gpt2(tokenizer, reviews) -> None:
