@@ -263,6 +263,7 @@ def text_command(
     ),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Sentences in the client's batch."),
     max_length: int = typer.Option(32, help="Tokens kept per sentence."),
+    lora_rank: int = typer.Option(0, help="> 0: the client fine-tunes LoRA adapters of this rank (B random)."),
     labels: bool = typer.Option(False, "--labels/--no-labels", help="Attacker knows the labels."),
     seed: int = typer.Option(0, help="Seeds the sentence draw, the model and the attacks."),
     device: str = typer.Option("cpu", help="Where to compute: cpu, cuda, cuda:N or mps."),
@@ -284,6 +285,7 @@ def text_command(
             threat=ThreatModel(knows_labels=labels),
             seed=seed,
             device=device,
+            lora_rank=lora_rank,
         )
         with _progress() as factory, _removed_on_failure(out):
             record = run_text(config, out, overwrite=overwrite, progress=factory)

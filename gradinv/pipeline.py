@@ -273,6 +273,7 @@ class TextRunConfig:
     threat: ThreatModel = field(default_factory=ThreatModel)
     seed: int = 0
     device: str = "cpu"
+    lora_rank: int = 0  # > 0: the client fine-tunes LoRA adapters of this rank (gi.text.with_lora), not the model
 
 
 def run_text(
@@ -291,7 +292,7 @@ def run_text(
     """
     from gradinv.fl.text_client import observe_text
     from gradinv.metrics.text import text_score
-    from gradinv.text import CORPORA, make_text_model, read_sentences, sentences, shipped_tokenizer
+    from gradinv.text import CORPORA, make_text_model, read_sentences, sentences, shipped_tokenizer, with_lora
 
     device = str(check_device(config.device))
     for name in config.attacks:
@@ -301,6 +302,8 @@ def run_text(
     chosen = {name: attacks.make(name, **per_attack[name]) for name in config.attacks}
     client_defenses = [defenses.make(name, **kwargs) for name, kwargs in config.defenses]
     model = make_text_model(config.model, task=config.task, seed=config.seed, **config.model_options)
+    if config.lora_rank:
+        model = with_lora(model, config.lora_rank, seed=config.seed)
     if config.data in CORPORA:
         texts, labels = sentences(config.data, n=config.batch_size, seed=config.seed)
     else:
@@ -336,6 +339,7 @@ def run_text(
         "data": config.data,
         "batch_size": config.batch_size,
         "max_length": config.max_length,
+        "lora_rank": config.lora_rank,
         "defenses": [d.config() for d in client_defenses],
         "threat": config.threat.to_dict(),
         "seed": config.seed,

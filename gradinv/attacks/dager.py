@@ -32,6 +32,12 @@ Under noise (a ``noise`` defense, DP-SGD) every direction of the gradient carrie
 full span and stops. With the noise level the observation records (the official code takes it as an argument,
 ``--defense_noise``), the span is read above the noise's spectral edge and the thresholds are widened to a fraction of
 Wedin's bound on the span's error (ours: :data:`NOISE_SLACK`); nothing is certified then.
+
+A LoRA client (PEFT adapters ``W + B A`` on the attention projections) shares the gradients of ``A`` and ``B``; that of
+``A`` is ``B^T dL/dY X^T``, whose row space is the span of the layer's inputs while they number fewer than the
+adapters' rank ``r`` (the official code has a LoRA mode, ``--train_method lora``), so the same search runs on it. The
+attack stops where that gradient is zero (``B = 0``, PEFT's initialisation) or has full rank ``r`` (the span read is
+then only part of the inputs').
 """
 
 from __future__ import annotations
@@ -207,8 +213,8 @@ class DAGER:
 
         Raises:
             TypeError: not a :class:`~gradinv.text.TextObservation`, or a model whose layout gradinv cannot read.
-            ValueError: the update lacks the first two attention layers' projection gradients (e.g. LoRA adapters
-                only).
+            ValueError: the update lacks the first two attention layers' projection gradients (or, for a PEFT LoRA
+                model, their A matrices' gradients: adapters on the attention projections of the first two layers).
         """
         if not isinstance(observation, TextObservation):
             raise TypeError(f"dager attacks text observations, got {type(observation).__name__}")
@@ -226,8 +232,20 @@ class DAGER:
             ranks = [numerical_rank(g, eps) for g in grads]
         rank, width = max(ranks), grads[0].shape[0]
         info: dict[str, Any] = {"ranks": ranks, "width": width, "noise_std": noise}
+        message = None
         if rank > width - self.rank_cutoff:
             message = f"the span has rank {rank}, within {self.rank_cutoff} of the layer width {width}: too many tokens"
+        elif lay.lora and min(ranks) == 0:
+            message = (
+                "the LoRA A matrices got no gradient: B is zero, as PEFT initialises it (the adapters' first step), "
+                "and dL/dA = B^T dL/dY X^T carries no input"
+            )
+        elif lay.lora and rank >= min(g.shape[1] for g in grads):
+            message = (
+                f"the LoRA A gradient has full rank {rank} = the adapters' rank r: the batch has at least r tokens, "
+                "and the span read is only part of theirs"
+            )
+        if message is not None:
             return self._result(observation, [], [], start, info | {"stopped": message}, message)
         bases = [span_basis(g, r) for g, r in zip(grads, ranks, strict=True)]
         search_with = self

@@ -131,12 +131,17 @@ class Problem:
         return ids
 
 
-def build_problem(observation: TextObservation, device: str | torch.device | None) -> Problem:
+def build_problem(
+    observation: TextObservation, device: str | torch.device | None, length: int | None = None
+) -> Problem:
     """The :class:`Problem` of a classification observation, its model copied to ``device`` if it lives elsewhere.
+    ``length``: the padded sentence length, tokens included, when the attacker is told it (LAMP's own runs were);
+    ``None`` reads it off the position-embedding gradient, which a LoRA client does not share.
 
     Raises:
         TypeError: not a :class:`TextObservation`, or a model gradinv cannot read.
-        ValueError: a next-token (``causal_lm``) observation, no batch size, or no position-embedding gradient.
+        ValueError: a next-token (``causal_lm``) observation, no batch size, or neither ``length`` nor a
+            position-embedding gradient.
     """
     if not isinstance(observation, TextObservation):
         raise TypeError(f"expected a gi.text.TextObservation, got {type(observation).__name__}")
@@ -160,8 +165,11 @@ def build_problem(observation: TextObservation, device: str | torch.device | Non
     base: Any = lay.base
     positions = base.embeddings.position_embeddings if lay.family == "bert" else base.wpe
     position_name = ids_of[id(positions.weight)]
-    if position_name not in observation.update:
-        raise ValueError(f"the update lacks the position-embedding gradient {position_name!r}, which gives the length")
+    if length is None and position_name not in observation.update:
+        raise ValueError(
+            f"the update lacks the position-embedding gradient {position_name!r}, which gives the length (a LoRA "
+            "client shares only its adapters): pass length="
+        )
     names = [n for n in observation.update if n != word]
     if not names:
         raise ValueError("the update holds no gradient this attack can match")
@@ -180,7 +188,7 @@ def build_problem(observation: TextObservation, device: str | torch.device | Non
         opening=opening,
         closing=closing,
         batch=observation.batch_size,
-        length=read_length(observation.update[position_name]),
+        length=read_length(observation.update[position_name]) if length is None else length,
         labels=None if labels is None else labels.to(chosen),
         num_labels=int(model.config.num_labels),
         label_source=source,
@@ -200,6 +208,12 @@ def head_labels(update: dict[str, torch.Tensor], num_labels: int, batch: int) ->
         return None, "optimised"
     source = idlg_source(update[weight], update[heads[-1]])
     return idlg_label(update[weight], update[heads[-1]]), "recovered (iDLG)" if source == "idlg" else source
+
+
+def check_length(length: int | None) -> None:
+    """``length`` is ``None`` or an integer >= 2 (a sentence with its opening and closing tokens)."""
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 2):
+        raise ValueError(f"length must be None or an integer >= 2 (special tokens included), got {length!r}")
 
 
 def text_result(

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradinv.attacks.embedding_inversion import Problem, build_problem, optimise, text_result
+from gradinv.attacks.embedding_inversion import Problem, build_problem, check_length, optimise, text_result
 from gradinv.attacks.tag import tag_distance
 from gradinv.text.observation import TextObservation, TextReconstruction
 from gradinv.text.prior import CausalLMPrior, Prior, shipped_prior
@@ -100,6 +100,8 @@ class LAMP:
         swap_candidates: orders tried per sentence in each (200, the identity among them).
         prior: the language model scoring orders: ``None`` (the shipped bigram prior), a
             :class:`~gradinv.text.prior.Prior`, or a Hugging Face causal LM over the same tokenizer.
+        length: the padded sentence length in tokens, when the attacker is told it (the paper's runs were); ``None``
+            (default) reads it off the position-embedding gradient (absent from a LoRA client's update).
     """
 
     name = "lamp"
@@ -122,8 +124,10 @@ class LAMP:
         swap_burnin: float = 0.1,
         swap_candidates: int = 200,
         prior: Prior | nn.Module | None = None,
+        length: int | None = None,
     ) -> None:
         check_arguments(self, locals())
+        check_length(length)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         for key, value in (
@@ -156,7 +160,7 @@ class LAMP:
         self.steps, self.lr, self.lr_decay, self.l1 = steps, lr, lr_decay, l1
         self.init_candidates, self.init_size = init_candidates, init_size
         self.swap_every, self.swap_burnin, self.swap_candidates = swap_every, swap_burnin, swap_candidates
-        self.prior = prior
+        self.prior, self.length = prior, length
 
     def config(self) -> dict[str, Any]:
         settings = {k: v for k, v in vars(self).items() if k != "prior"}
@@ -181,7 +185,7 @@ class LAMP:
             ValueError: a next-token observation, no batch size, or no position-embedding gradient.
         """
         start = time.perf_counter()
-        problem = build_problem(observation, device)
+        problem = build_problem(observation, device, self.length)
         prior = self.prior if self.prior is not None else shipped_prior(observation.tokenizer)
         usable = ~problem.banned
         size = self.init_size or float(problem.embeddings[usable].norm(dim=1).mean())

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from gradinv.attacks.embedding_inversion import build_problem, optimise, text_result
+from gradinv.attacks.embedding_inversion import build_problem, check_length, optimise, text_result
 from gradinv.text.observation import TextObservation, TextReconstruction
 from gradinv.validation import check_arguments
 
@@ -41,14 +41,19 @@ class TAG:
         lr: learning rate (0.1).
         lr_decay: factor every 50 steps (1: none).
         l1: weight of the L1 term (``tag_factor``, 0.01).
+        length: the padded sentence length in tokens, when the attacker is told it; ``None`` (default) reads it off
+            the position-embedding gradient (absent from a LoRA client's update).
     """
 
     name = "tag"
     setting = "text"
     exact = False
 
-    def __init__(self, *, steps: int = 2500, lr: float = 0.1, lr_decay: float = 1.0, l1: float = 0.01) -> None:
+    def __init__(
+        self, *, steps: int = 2500, lr: float = 0.1, lr_decay: float = 1.0, l1: float = 0.01, length: int | None = None
+    ) -> None:
         check_arguments(self, locals())
+        check_length(length)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         if not lr > 0:
@@ -57,7 +62,7 @@ class TAG:
             raise ValueError(f"lr_decay must lie in (0, 1], got {lr_decay!r}")
         if not l1 >= 0:
             raise ValueError(f"l1 must be non-negative, got {l1!r}")
-        self.steps, self.lr, self.lr_decay, self.l1 = steps, lr, lr_decay, l1
+        self.steps, self.lr, self.lr_decay, self.l1, self.length = steps, lr, lr_decay, l1, length
 
     def config(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -77,7 +82,7 @@ class TAG:
             ValueError: a next-token observation, no batch size, or no position-embedding gradient.
         """
         start = time.perf_counter()
-        problem = build_problem(observation, device)
+        problem = build_problem(observation, device, self.length)
         generator = torch.Generator().manual_seed(seed)
         shape = (problem.batch, problem.length, problem.embeddings.shape[1])
         x0 = torch.randn(shape, generator=generator).to(problem.device)

@@ -5,10 +5,11 @@ tokenizer, rouge-score, gensim for the sentences). Nothing is downloaded at run 
 """
 
 from gradinv.text.data import CORPORA, read_sentences, sentences
-from gradinv.text.models import TransformerLayout, layout, make_text_model, shipped_tokenizer, tokenize
+from gradinv.text.models import TransformerLayout, layout, make_text_model, shipped_tokenizer, tokenize, with_lora
 from gradinv.text.observation import TASKS, TextObservation, TextReconstruction
 
 __all__ = [
+    "with_lora",
     "CORPORA",
     "TASKS",
     "TextObservation",

@@ -112,6 +112,35 @@ def make_text_model(
     return model.eval()
 
 
+def with_lora(model: nn.Module, rank: int, *, seed: int = 0, zero_b: bool = False) -> nn.Module:
+    """``model`` with PEFT LoRA adapters (Hu et al., ICLR 2022: ``W + B A``, ``A`` of shape ``(rank, d_in)``) on every
+    attention input projection (GPT-2's ``c_attn``; BERT's ``query`` and ``value``, the paper's choice): the client
+    then trains, and shares the gradient of, the adapters only.
+
+    ``B`` is drawn at random (``zero_b=False``, the default), as it is once fine-tuning has begun; PEFT's own
+    initialisation (``zero_b=True``) sets ``B = 0``, so the first step's gradient of ``A`` (``B^T dL/dY X^T``) is zero.
+
+    Raises:
+        ValueError: a rank that is not a positive integer.
+        ImportError: PEFT is not installed (the ``text`` extra).
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"the LoRA rank must be a positive integer, got {rank!r}")
+    try:
+        import peft
+    except ImportError as err:  # pragma: no cover - peft is in the text extra
+        raise ImportError("LoRA clients need PEFT: pip install 'gradinv[text]'") from err
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    targets = ["c_attn"] if kind == "gpt2" else ["query", "value"]
+    config = peft.LoraConfig(
+        r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=zero_b, fan_in_fan_out=kind == "gpt2"
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        wrapped = peft.get_peft_model(model, config)
+    return wrapped.eval()
+
+
 class _Stop(Exception):
     """Raised by a forward hook once the wanted layer input is captured (the rest of the model is not run)."""
 
@@ -126,6 +155,8 @@ class TransformerLayout:
             (GPT-2's fused ``c_attn``, BERT's ``query``); its gradient is a sum of outer products of that layer's
             inputs (one per token) with the backpropagated errors.
         causal: whether a position sees only earlier positions (so a prefix fixes its layer inputs).
+        lora: the projections are PEFT LoRA layers, and ``projections`` name their ``lora_A`` weights (``(r, d_in)``;
+            their gradient ``B^T sum_i g_i x_i^T`` spans at most ``r`` directions of the layer's inputs).
     """
 
     model: nn.Module
@@ -135,11 +166,12 @@ class TransformerLayout:
     modules: list[nn.Module]
     causal: bool
     first_input: Callable[[int], torch.Tensor]
+    lora: bool = False
 
     def input_space(self, grad: torch.Tensor) -> torch.Tensor:
         """The gradient of a projection weight arranged as ``(d_in, d_out)``: its columns span the layer's inputs
-        (GPT-2's ``Conv1D`` stores ``(d_in, d_out)``, ``nn.Linear`` ``(d_out, d_in)``)."""
-        return grad if self.family == "gpt2" else grad.t()
+        (GPT-2's ``Conv1D`` stores ``(d_in, d_out)``, ``nn.Linear`` ``(d_out, d_in)``, as does a LoRA ``A``)."""
+        return grad if self.family == "gpt2" and not self.lora else grad.t()
 
     def layer_inputs(
         self, ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int, cache: Any = None
@@ -173,16 +205,19 @@ def _cache_keyword(base: nn.Module) -> str:
 
 
 def layout(model: nn.Module) -> TransformerLayout:
-    """The :class:`TransformerLayout` of a Hugging Face GPT-2 or BERT-family model (classifier, LM head or bare).
+    """The :class:`TransformerLayout` of a Hugging Face GPT-2 or BERT-family model (classifier, LM head or bare),
+    also wrapped by PEFT (LoRA adapters on the attention projections).
 
     Raises:
         TypeError: any other architecture (its layout is not described here).
     """
-    kind = getattr(getattr(model, "config", None), "model_type", None)
+    get_base = getattr(model, "get_base_model", None)
+    inner: Any = get_base() if callable(get_base) else model  # PEFT: the model with its adapters injected
+    kind = getattr(getattr(inner, "config", None), "model_type", None)
     names = {id(m): n for n, m in model.named_modules()}
     base: Any
     if kind == "gpt2":
-        base = getattr(model, "transformer", model)
+        base = getattr(inner, "transformer", inner)
         modules = [block.attn.c_attn for block in base.h]
 
         def first_input(position: int) -> torch.Tensor:
@@ -190,7 +225,7 @@ def layout(model: nn.Module) -> TransformerLayout:
 
         causal = True
     elif kind == "bert":
-        base = getattr(model, "bert", model)
+        base = getattr(inner, "bert", inner)
         modules = [layer.attention.self.query for layer in base.encoder.layer]
         emb: Any = base.embeddings
 
@@ -201,5 +236,14 @@ def layout(model: nn.Module) -> TransformerLayout:
         causal = False
     else:
         raise TypeError(f"no text layout for model type {kind!r}: gradinv reads GPT-2 and BERT-family models")
-    projections = [f"{names[id(m)]}.weight" for m in modules]
-    return TransformerLayout(model, kind, base, projections, modules, causal, first_input)
+    lora = all(hasattr(m, "lora_A") for m in modules)
+    projections = [f"{names[id(m)]}.{_adapter_weight(m)}" if lora else f"{names[id(m)]}.weight" for m in modules]
+    return TransformerLayout(model, kind, base, projections, modules, causal, first_input, lora)
+
+
+def _adapter_weight(module: Any) -> str:
+    """The parameter name of a PEFT LoRA layer's active ``A`` matrix, relative to the layer."""
+    adapters = list(module.active_adapters)
+    if len(adapters) != 1:
+        raise TypeError(f"a LoRA layer with {len(adapters)} active adapters; gradinv reads one")
+    return f"lora_A.{adapters[0]}.weight"

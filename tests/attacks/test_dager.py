@@ -16,7 +16,7 @@ from gradinv.attacks.dager import (
 )
 from gradinv.fl.text_client import observe_text
 from gradinv.metrics.text import references, text_score
-from gradinv.text import make_text_model
+from gradinv.text import make_text_model, with_lora
 
 GPT2 = {"n_layer": 3, "n_embd": 384, "n_head": 6}
 
@@ -85,6 +85,26 @@ def test_under_recorded_noise_dager_reads_the_span_above_its_edge(tokenizer, rev
         gi.attacks.make("dager").reconstruct(hidden)
     with pytest.raises(TypeError, match="noise_aware"):
         gi.attacks.make("dager", noise_aware="yes")
+
+
+def test_dager_reads_a_lora_clients_adapter_gradients(tokenizer, reviews) -> None:
+    # Prepare: the random 3-layer GPT-2 with LoRA adapters on c_attn; four reviews cut at 16 tokens (64 in all)
+    texts, labels = reviews[0][:4], reviews[1][:4]
+
+    def client(rank: int, zero_b: bool):  # zero_b: PEFT's own initialisation (the adapters' first step)
+        model = with_lora(make_text_model("gpt2", seed=0, **GPT2), rank, zero_b=zero_b)
+        return observe_text(model, tokenizer, texts, labels, max_length=16)
+
+    # Execute
+    dager = gi.attacks.make("dager")
+    rec = dager.reconstruct(client(64, False))
+    first, narrow = dager.reconstruct(client(64, True)), dager.reconstruct(client(16, False))
+    # Assert: dL/dA = B^T dL/dY X^T spans the layer's inputs when r exceeds the distinct inputs (57 and 60 here): every
+    # sentence exact and certified; with B = 0 the gradient is zero, and at r = 16 the span read is cut at r
+    assert text_score(rec, texts, tokenizer, max_length=16)["exact"] == 1.0 and all(rec.certified)
+    assert rec.info["ranks"] == [57, 60]
+    assert "B is zero" in first.info["stopped"] and not first.texts
+    assert "adapters' rank r" in narrow.info["stopped"] and narrow.info["ranks"] == [16, 16]
 
 
 def test_dager_recovers_eight_real_sentences_exactly_from_a_random_gpt2(tokenizer, reviews) -> None:

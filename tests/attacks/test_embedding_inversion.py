@@ -48,6 +48,30 @@ def test_the_dummys_gradient_at_the_true_sentences_is_the_shared_one(tokenizer, 
     assert torch.equal(problem.project(x * 3.0), ids)
 
 
+def test_a_lora_clients_adapter_gradient_is_matched_with_the_length_told(tokenizer, reviews) -> None:
+    # Prepare: the small BERT with LoRA adapters (r = 8, B drawn at random as after some fine-tuning) on the query
+    # and value projections: the client shares only the adapters' gradient, no position embedding
+    peft = pytest.importorskip("peft")
+    texts, labels = reviews
+    model = peft.get_peft_model(
+        make_text_model("bert", seed=0, **BERT),
+        peft.LoraConfig(r=8, target_modules=["query", "value"], init_lora_weights=False),
+    )
+    obs = observe_text(model, tokenizer, texts[:2], labels[:2], threat=gi.ThreatModel(knows_labels=True), max_length=10)
+    # Execute
+    problem = build_problem(obs, None, length=10)
+    ids = torch.tensor(references(tokenizer, texts[:2], 10))
+    grads = problem.gradients(problem.embeddings[ids].clone(), problem.labels, create_graph=False)
+    # Assert: every matched gradient is an adapter's, equal to the shared one at the true sentences
+    assert problem.length == 10 and all(".lora_" in n for n in problem.names) and len(problem.names) == len(obs.update)
+    for grad, target in zip(grads, problem.target, strict=True):
+        assert torch.allclose(grad, target, atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="pass length="):
+        build_problem(obs, None)
+    with pytest.raises(ValueError, match="length must be"):
+        gi.attacks.make("tag", length=1)
+
+
 def test_labels_from_the_heads_bias_at_batch_one_only(tokenizer, reviews, small_bert) -> None:
     # Prepare: each of four reviews alone, then two together, labels withheld
     texts, labels = reviews

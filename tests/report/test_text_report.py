@@ -29,6 +29,19 @@ def test_text_command_writes_scores_and_a_side_by_side_report(tmp_path, tokenize
         assert piece in page
 
 
+def test_a_lora_client_through_the_text_command(tmp_path) -> None:
+    # Execute: the same two reviews, the client fine-tuning LoRA adapters of rank 64 on c_attn
+    out = tmp_path / "lora"
+    result = runner.invoke(app, ["text", "--out", str(out), "-b", "2", "--lora-rank", "64", *GPT2])
+    # Assert: DAGER reads both sentences off the adapters' gradients; the run records the rank
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["lora_rank"] == 64
+    assert record["attacks"]["dager"]["scores"]["exact"] == 1.0
+    bad = runner.invoke(app, ["text", "--out", str(tmp_path / "bad"), "--lora-rank", "-1", *GPT2])
+    assert bad.exit_code == 2 and "LoRA rank" in bad.output
+
+
 def test_tokens_are_coloured_by_position() -> None:
     spans = coloured(["the", "film", "<b>"], ["the", "movie"])
     assert spans.count('class="right"') == 1 and spans.count('class="wrong"') == 2

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import gradinv as gi
-from gradinv.text import layout, make_text_model, tokenize
+from gradinv.text import layout, make_text_model, tokenize, with_lora
+
+SMALL_BERT = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}
 
 
 @pytest.mark.parametrize("name, config", [("gpt2", {"n_layer": 2, "n_embd": 64, "n_head": 4}), ("minilm", {})])
@@ -62,3 +64,20 @@ def test_the_shipped_encoder_is_trained(tokenizer) -> None:
     good, great, table = (emb[tokenizer.convert_tokens_to_ids(w)] for w in ("good", "great", "table"))
     cos = torch.nn.functional.cosine_similarity
     assert cos(good, great, dim=0) > cos(good, table, dim=0) + 0.1
+
+
+def test_with_lora_trains_only_the_adapters() -> None:
+    # Prepare / Execute: a small BERT and a small GPT-2 with rank-4 adapters, B random, then PEFT's own zero B
+    bert = with_lora(make_text_model("bert", seed=0, **SMALL_BERT), 4, seed=1)
+    gpt2 = with_lora(make_text_model("gpt2", seed=0, n_layer=2, n_embd=64, n_head=4), 4, seed=1)
+    again = with_lora(make_text_model("gpt2", seed=0, n_layer=2, n_embd=64, n_head=4), 4, seed=1)
+    zero = with_lora(make_text_model("gpt2", seed=0, n_layer=2, n_embd=64, n_head=4), 4, zero_b=True)
+    # Assert: only A and B train, on BERT's query and value and GPT-2's c_attn; B drawn (seeded) unless zero_b
+    trained = [n for n, p in bert.named_parameters() if p.requires_grad]
+    assert trained and all(".lora_" in n and (".query." in n or ".value." in n) for n in trained)
+    b = {n: p for n, p in gpt2.named_parameters() if "lora_B" in n}
+    assert len(b) == 2 and all(".c_attn." in n and bool(p.abs().max() > 0) for n, p in b.items())
+    assert all(torch.equal(p, dict(again.named_parameters())[n]) for n, p in b.items())
+    assert all(not bool(p.abs().max() > 0) for n, p in zero.named_parameters() if "lora_B" in n)
+    with pytest.raises(ValueError, match="LoRA rank"):
+        with_lora(make_text_model("gpt2", seed=0, n_layer=2, n_embd=64, n_head=4), 0)
