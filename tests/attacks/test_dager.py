@@ -76,6 +76,11 @@ def test_under_recorded_noise_dager_reads_the_span_above_its_edge(tokenizer, rev
     assert text_score(aware, texts, tokenizer)["exact"] == 1.0 and not any(aware.certified)
     assert aware.certificate.startswith("not certified: noise of std 1e-06")
     assert 1e-4 < aware.info["thresholds"][0] < aware.info["thresholds"][1] < 0.1
+    # noise far below the thresholds (std 1e-9): the sentences pass the published ones too, and still no certificate
+    faint = gi.attacks.make("dager").reconstruct(
+        observe_text(model, tokenizer, texts, labels, defenses=[gi.defenses.make("noise", std=1e-9)])
+    )
+    assert max(faint.info["distances"]) < 1e-3 and len(faint.texts) == 4 and not any(faint.certified)
     # the recorded noise: variances add; DP-SGD's is noise_multiplier * max_grad_norm / B and needs B
     dp = gi.defenses.make("dpsgd", noise_multiplier=1.0, max_grad_norm=1.6e-5)
     two = observe_text(model, tokenizer, texts, labels, defenses=[gi.defenses.make("noise", std=3e-6), dp])
