@@ -18,7 +18,7 @@ from gradinv.attacks.tag import tag_distance
 from gradinv.defenses import make as make_defense
 from gradinv.fl.text_client import observe_text
 from gradinv.metrics.text import references
-from gradinv.text import make_text_model
+from gradinv.text import make_text_model, with_lora
 
 BERT = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}
 
@@ -51,12 +51,8 @@ def test_the_dummys_gradient_at_the_true_sentences_is_the_shared_one(tokenizer, 
 def test_a_lora_clients_adapter_gradient_is_matched_with_the_length_told(tokenizer, reviews) -> None:
     # Prepare: the small BERT with LoRA adapters (r = 8, B drawn at random as after some fine-tuning) on the query
     # and value projections: the client shares only the adapters' gradient, no position embedding
-    peft = pytest.importorskip("peft")
     texts, labels = reviews
-    model = peft.get_peft_model(
-        make_text_model("bert", seed=0, **BERT),
-        peft.LoraConfig(r=8, target_modules=["query", "value"], init_lora_weights=False),
-    )
+    model = with_lora(make_text_model("bert", seed=0, **BERT), 8)
     obs = observe_text(model, tokenizer, texts[:2], labels[:2], threat=gi.ThreatModel(knows_labels=True), max_length=10)
     # Execute
     problem = build_problem(obs, None, length=10)
