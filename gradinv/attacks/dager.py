@@ -30,8 +30,10 @@ tokenizer's closing special token when the input format has one (BERT's ``[SEP]`
 
 Under noise (a ``noise`` defense, DP-SGD) every direction of the gradient carries some, and the rank test above reads a
 full span and stops. With the noise level the observation records (the official code takes it as an argument,
-``--defense_noise``), the span is read above the noise's spectral edge and the thresholds are widened to a fraction of
-Wedin's bound on the span's error (ours: :data:`NOISE_SLACK`); nothing is certified then.
+``--defense_noise``), the span is read above the noise's spectral edge and the thresholds are widened (ours): to a
+fraction of Wedin's bound on the span's error (:data:`NOISE_SLACK`), and for each vector to a multiple of its own
+first-order error, the edge times the norm of its span coefficients each divided by its singular value
+(:data:`VECTOR_SLACK`, :data:`SECOND_SLACK`); nothing is certified then.
 
 A LoRA client (PEFT adapters ``W + B A`` on the attention projections) shares the gradients of ``A`` and ``B``; that of
 ``A`` is ``B^T dL/dY X^T``, whose row space is the span of the layer's inputs while they number fewer than the
@@ -67,6 +69,13 @@ NOISE_SLACK = 0.15
 #: median (ours: 1.1e-7 against 2e-8 on a random GPT-2), so a recorded noise whose edge lies below that is read as
 #: that level (at noise 1e-9 the edge alone let 48 rounding directions into the span).
 ROUNDING_EDGE = 5.0
+
+#: Under recorded noise, a first-layer candidate's threshold is this multiple of its own first-order error (the
+#: noise's edge times the norm of its span coefficients, each divided by its singular value), when above ``tau1``.
+VECTOR_SLACK = 3.0
+
+#: The same for the second layer's inputs (prefixes and sentences).
+SECOND_SLACK = 1.0
 
 
 def numerical_rank(matrix: torch.Tensor, eps: float) -> int:
@@ -170,10 +179,9 @@ class DAGER:
         per_prefix: extensions of each prefix the beam search considers (its lowest-distance ones).
         chunk: sequences per forward pass.
         noise_aware: where the observation records noise (a ``noise`` defense, DP-SGD), read the span above the
-            noise's spectral edge (:func:`noise_rank`) and widen both thresholds to 0.15 of Wedin's bound on the
-            span's error, when that is larger (``NOISE_SLACK``; the official code likewise takes the noise level as
-            an argument). No sentence is certified under noise. ``False``: the attack as published, whose rank test
-            counts every noise direction and stops.
+            noise's spectral edge (:func:`noise_rank`) and widen the thresholds to the span's error (module
+            docstring; the official code likewise takes the noise level as an argument). No sentence is certified
+            under noise. ``False``: the attack as published, whose rank test counts every noise direction and stops.
     """
 
     name = "dager"
@@ -271,6 +279,10 @@ class DAGER:
             search_with.tau1 = max(self.tau1, NOISE_SLACK * bounds[0])
             search_with.tau2 = max(self.tau2, NOISE_SLACK * bounds[1])
             info["thresholds"] = [search_with.tau1, search_with.tau2]
+            for layer, attribute in ((0, "_error"), (1, "_error2")):  # each direction's first-order error
+                values = torch.linalg.svdvals(grads[layer].double())[: ranks[layer]]
+                edge = max(noise_edge(grads[layer], noise), floors[layer])
+                setattr(search_with, attribute, edge / values)
         with torch.no_grad():
             candidates = search_with._candidates(lay, bases[0])
             info["candidates"] = [len(c) for c in candidates]
@@ -326,24 +338,49 @@ class DAGER:
         the float64 distance."""
         limit = min(self.max_positions, _positions(lay))
         coarse = basis.float()
+        error: torch.Tensor | None = getattr(self, "_error", None)
         screen = max(1e-4, 4 * self.tau1**2)  # squared distance, with room for float32 (and for noisy spans)
         out = []
         for position in range(limit):
             inputs = lay.first_input(position)
             unit = inputs / inputs.norm(dim=-1, keepdim=True)
-            near = torch.nonzero(1 - (unit @ coarse).pow(2).sum(-1) < screen).flatten()
+            projection = unit @ coarse
+            squared = 1 - projection.pow(2).sum(-1)
+            if error is None:
+                near = torch.nonzero(squared < screen).flatten()
+            else:  # each vector's own allowance, screened in float32 with room to spare
+                allowed = (VECTOR_SLACK * (projection * error.float()).norm(dim=-1)).clamp_min(self.tau1)
+                near = torch.nonzero(squared < (4 * allowed**2).clamp_min(screen)).flatten()
             distance = span_distance(basis, inputs[near])
-            hits = distance < self.tau1
+            threshold: torch.Tensor | float = self.tau1
+            if error is not None:  # under noise: each vector's own first-order error, by its span coefficients
+                v = inputs[near].double()
+                coefficients = (v / v.norm(dim=-1, keepdim=True)) @ basis
+                threshold = (VECTOR_SLACK * (coefficients * error).norm(dim=-1)).clamp_min(self.tau1)
+            hits = distance < threshold
             if not bool(hits.any()):
                 break
             out.append(near[hits][distance[hits].argsort()].tolist())
         return out
 
+    def _excess(self, basis: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Second-layer span distance of ``inputs`` ``(..., d)``; under recorded noise, less each vector's own
+        allowance above ``tau2`` (:data:`VECTOR_SLACK` times its first-order error), so that every test stays
+        ``< tau2``."""
+        distance = span_distance(basis, inputs)
+        error: torch.Tensor | None = getattr(self, "_error2", None)
+        if error is None:
+            return distance
+        v = inputs.double()
+        coefficients = (v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)) @ basis
+        allowed = SECOND_SLACK * (coefficients * error).norm(dim=-1)
+        return distance - (allowed - self.tau2).clamp_min(0.0)
+
     def _second(self, lay: TransformerLayout, basis: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """``(n, L)`` second-layer span distance of every position of the sentences ``ids`` ``(n, L)``."""
         parts = []
         for rows in ids.split(self.chunk):
-            parts.append(span_distance(basis, lay.layer_inputs(rows, torch.ones_like(rows), 1)))
+            parts.append(self._excess(basis, lay.layer_inputs(rows, torch.ones_like(rows), 1)))
         return torch.cat(parts)
 
     def _decoder(
@@ -354,7 +391,7 @@ class DAGER:
         prefixes, each with its cache), so each extension costs one token."""
         first = torch.tensor(candidates[0]).unsqueeze(1)
         cache = _new_cache()
-        score = span_distance(basis, lay.layer_inputs(first, None, 1, cache))[:, 0]
+        score = self._excess(basis, lay.layer_inputs(first, None, 1, cache))[:, 0]
         keep = torch.nonzero(score < self.tau2).flatten()
         cache.batch_select_indices(keep)
         groups = [(first[keep], score[keep], cache)] if keep.numel() else []
@@ -371,7 +408,7 @@ class DAGER:
                         part.batch_select_indices(rows)
                     part.batch_repeat_interleave(len(nxt))
                     tokens = nxt.repeat(rows.numel()).unsqueeze(1)
-                    score = span_distance(basis, lay.layer_inputs(tokens, None, 1, part))[:, 0]
+                    score = self._excess(basis, lay.layer_inputs(tokens, None, 1, part))[:, 0]
                     passed = (score < self.tau2).reshape(rows.numel(), len(nxt))
                     for row in rows[~passed.any(1)].tolist():
                         done.append((prefixes[row].tolist(), float(worst[row])))

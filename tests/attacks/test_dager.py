@@ -92,6 +92,19 @@ def test_under_recorded_noise_dager_reads_the_span_above_its_edge(tokenizer, rev
         gi.attacks.make("dager", noise_aware="yes")
 
 
+def test_under_noise_each_vector_is_allowed_its_own_error_on_the_trained_encoder(tokenizer, reviews) -> None:
+    # Prepare: one review (12 tokens) through the shipped MiniLM under Gaussian noise of std 1e-7; its [CLS] input
+    # lies along the span's weakest directions, whose error one threshold per layer did not allow (nothing found)
+    obs = observe_text(
+        make_text_model("minilm", seed=0), tokenizer, reviews[0][:1], reviews[1][:1], max_length=12,
+        defenses=[gi.defenses.make("noise", std=1e-7)],
+    )  # fmt: skip
+    # Execute
+    rec = gi.attacks.make("dager").reconstruct(obs)
+    # Assert: the sentence token for token, not certified
+    assert text_score(rec, reviews[0][:1], tokenizer, max_length=12)["exact"] == 1.0 and not any(rec.certified)
+
+
 def test_dager_reads_a_lora_clients_adapter_gradients(tokenizer, reviews) -> None:
     # Prepare: the random 3-layer GPT-2 with LoRA adapters on c_attn; four reviews cut at 16 tokens (64 in all)
     texts, labels = reviews[0][:4], reviews[1][:4]
