@@ -78,28 +78,34 @@ VECTOR_SLACK = 3.0
 SECOND_SLACK = 1.0
 
 
-def numerical_rank(matrix: torch.Tensor, eps: float) -> int:
+def numerical_rank(matrix: torch.Tensor, eps: float, *, values: torch.Tensor | None = None) -> int:
     """The rank of a gradient stored at precision ``eps``: singular values above ten times the rounding noise, the
     noise being the median of the values under the bound ``eps * s_max * (sqrt(m) + sqrt(n))`` (each entry is off by
     about ``eps * s_max``; a random matrix of such errors has about that spectral norm); all values when none is
     under it. A fixed cut at the bound (or NumPy's ``max(m, n) * eps * s_max``) dropped real directions of GPT-2
-    gradients, whose smallest signal sat at 6e-6 of ``s_max`` above a 1e-8 noise floor."""
-    values = torch.linalg.svdvals(matrix.double())
+    gradients, whose smallest signal sat at 6e-6 of ``s_max`` above a 1e-8 noise floor. ``values``: the matrix's
+    singular values (float64), when already computed."""
+    values = _singular_values(matrix, values)
     if values.numel() == 0 or float(values[0]) == 0.0:
         return 0
-    median = rounding_median(matrix, eps)
+    median = rounding_median(matrix, eps, values=values)
     return int(values.numel()) if median == 0.0 else int((values > 10 * median).sum())
 
 
-def rounding_median(matrix: torch.Tensor, eps: float) -> float:
+def rounding_median(matrix: torch.Tensor, eps: float, *, values: torch.Tensor | None = None) -> float:
     """The median of the singular values under ``eps * s_max * (sqrt(m) + sqrt(n))``: the level of the gradient's own
     rounding noise (:func:`numerical_rank`); 0 when none is under the bound."""
-    values = torch.linalg.svdvals(matrix.double())
+    values = _singular_values(matrix, values)
     if values.numel() == 0 or float(values[0]) == 0.0:
         return 0.0
     bound = eps * float(values[0]) * (matrix.shape[0] ** 0.5 + matrix.shape[1] ** 0.5)
     under = values[values < bound]
     return 0.0 if under.numel() == 0 else float(under.median())
+
+
+def _singular_values(matrix: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
+    """``values`` if given, else the singular values of ``matrix`` in float64 (largest first)."""
+    return torch.linalg.svdvals(matrix.double()) if values is None else values
 
 
 def span_basis(matrix: torch.Tensor, rank: int) -> torch.Tensor:
@@ -116,13 +122,13 @@ def span_distance(basis: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     return (v - (v @ basis) @ basis.t()).norm(dim=-1)
 
 
-def noise_rank(matrix: torch.Tensor, std: float, floor: float = 0.0) -> int:
+def noise_rank(matrix: torch.Tensor, std: float, floor: float = 0.0, *, values: torch.Tensor | None = None) -> int:
     """The rank of a low-rank gradient under i.i.d. noise of ``std`` per entry: its singular values above 1.1 times
     the noise's spectral edge ``std * (sqrt(m) + sqrt(n))`` (the largest singular value of an ``m x n`` matrix of
     such noise, Bai-Yin), or above ``floor`` if higher (the gradient's own rounding noise, which a tinier recorded
     noise does not cover: see :data:`ROUNDING_EDGE`); a signal direction weaker than the noise is lost, as it must
     be."""
-    values = torch.linalg.svdvals(matrix.double())
+    values = _singular_values(matrix, values)
     return int((values > max(1.1 * noise_edge(matrix, std), floor)).sum())
 
 
@@ -131,12 +137,14 @@ def noise_edge(matrix: torch.Tensor, std: float) -> float:
     return std * (matrix.shape[0] ** 0.5 + matrix.shape[1] ** 0.5)
 
 
-def wedin_bound(matrix: torch.Tensor, std: float, rank: int, floor: float = 0.0) -> float:
+def wedin_bound(
+    matrix: torch.Tensor, std: float, rank: int, floor: float = 0.0, *, values: torch.Tensor | None = None
+) -> float:
     """Wedin's bound on the sine of the angle between the span read off the noisy ``matrix`` and the true one:
     the noise's spectral norm (or ``floor``, if higher) over the ``rank``-th singular value (capped at 1)."""
     if rank == 0:
         return 1.0
-    values = torch.linalg.svdvals(matrix.double())
+    values = _singular_values(matrix, values)
     return min(1.0, max(noise_edge(matrix, std), floor) / float(values[rank - 1]))
 
 
@@ -186,6 +194,10 @@ class DAGER:
 
     name = "dager"
     setting = "text"
+    # under recorded noise, each span direction's first-order error (noise edge / singular value), first and second
+    # layer: set on the copy that runs the search (:meth:`reconstruct`), ``None`` otherwise
+    _error: torch.Tensor | None = None
+    _error2: torch.Tensor | None = None
     exact = True
 
     def __init__(
@@ -249,11 +261,13 @@ class DAGER:
         grads = [lay.input_space(observation.update[name]) for name in lay.projections[:2]]
         eps = float(torch.finfo(observation.update[lay.projections[0]].dtype).eps)
         noise = recorded_noise(observation) if self.noise_aware else 0.0
-        floors = [ROUNDING_EDGE * rounding_median(g, eps) for g in grads]
+        spectra = [torch.linalg.svdvals(g.double()) for g in grads]  # one SVD per layer serves every rule below
+        floors = [0.0, 0.0]
         if noise > 0:
-            ranks = [noise_rank(g, noise, f) for g, f in zip(grads, floors, strict=True)]
+            floors = [ROUNDING_EDGE * rounding_median(g, eps, values=v) for g, v in zip(grads, spectra, strict=True)]
+            ranks = [noise_rank(g, noise, f, values=v) for g, f, v in zip(grads, floors, spectra, strict=True)]
         else:
-            ranks = [numerical_rank(g, eps) for g in grads]
+            ranks = [numerical_rank(g, eps, values=v) for g, v in zip(grads, spectra, strict=True)]
         rank, width = max(ranks), grads[0].shape[0]
         info: dict[str, Any] = {"ranks": ranks, "width": width, "noise_std": noise}
         message = None
@@ -275,14 +289,13 @@ class DAGER:
         search_with = self
         if noise > 0:  # the thresholds widened to the span's error under the recorded noise
             search_with = copy.copy(self)
-            bounds = [wedin_bound(g, noise, r, f) for g, r, f in zip(grads, ranks, floors, strict=True)]
+            layers = list(zip(grads, ranks, floors, spectra, strict=True))
+            bounds = [wedin_bound(g, noise, r, f, values=v) for g, r, f, v in layers]
             search_with.tau1 = max(self.tau1, NOISE_SLACK * bounds[0])
             search_with.tau2 = max(self.tau2, NOISE_SLACK * bounds[1])
             info["thresholds"] = [search_with.tau1, search_with.tau2]
-            for layer, attribute in ((0, "_error"), (1, "_error2")):  # each direction's first-order error
-                values = torch.linalg.svdvals(grads[layer].double())[: ranks[layer]]
-                edge = max(noise_edge(grads[layer], noise), floors[layer])
-                setattr(search_with, attribute, edge / values)
+            errors = [max(noise_edge(g, noise), f) / v[:r] for g, r, f, v in layers]
+            search_with._error, search_with._error2 = errors
         with torch.no_grad():
             candidates = search_with._candidates(lay, bases[0])
             info["candidates"] = [len(c) for c in candidates]
@@ -338,7 +351,7 @@ class DAGER:
         the float64 distance."""
         limit = min(self.max_positions, _positions(lay))
         coarse = basis.float()
-        error: torch.Tensor | None = getattr(self, "_error", None)
+        error = self._error
         screen = max(1e-4, 4 * self.tau1**2)  # squared distance, with room for float32 (and for noisy spans)
         out = []
         for position in range(limit):
@@ -365,10 +378,10 @@ class DAGER:
 
     def _excess(self, basis: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Second-layer span distance of ``inputs`` ``(..., d)``; under recorded noise, less each vector's own
-        allowance above ``tau2`` (:data:`VECTOR_SLACK` times its first-order error), so that every test stays
+        allowance above ``tau2`` (:data:`SECOND_SLACK` times its first-order error), so that every test stays
         ``< tau2``."""
         distance = span_distance(basis, inputs)
-        error: torch.Tensor | None = getattr(self, "_error2", None)
+        error = self._error2
         if error is None:
             return distance
         v = inputs.double()
