@@ -170,6 +170,18 @@ def recorded_noise(observation: TextObservation) -> float:
     return math.sqrt(variance)
 
 
+def altering_defenses(observation: TextObservation) -> list[str]:
+    """The recorded defenses that change the update's entries (noise, pruning, quantisation, signs, DP-SGD's noise):
+    under any of them a span test can pass a wrong sentence (16-bit quantisation of a random GPT-2's gradient: one
+    wrong sentence within the thresholds), so DAGER certifies nothing. DP-SGD without noise only rescales each
+    sentence's gradient, which leaves the spans as they are."""
+    return [
+        str(d.get("name"))
+        for d in observation.defenses
+        if not (d.get("name") == "dpsgd" and float(d.get("noise_multiplier", 1.0)) == 0)
+    ]
+
+
 class DAGER:
     """DAGER (Petrov et al., NeurIPS 2024): exact sentences from the first attention layers' gradients.
 
@@ -310,15 +322,21 @@ class DAGER:
         sentences = [ids for ids, _ in found]
         distances = [d for _, d in found]
         info["distances"] = distances
-        certified = [d < self.tau2 and noise == 0 for d in distances]
+        altered = altering_defenses(observation)
+        certified = [d < self.tau2 and not altered for d in distances]
         certificate = (
             f"span rank {rank} < width {width} - {self.rank_cutoff}; every token of a certified sentence has its "
             f"first-layer input within {self.tau1:g} and its second-layer input within {self.tau2:g} of the spans"
         )
-        if noise > 0:
+        if altered:
             certificate = (
-                f"not certified: noise of std {noise:.3g} recorded; spans read above its edge (ranks {ranks}), "
-                f"sentences kept within {search_with.tau1:.3g} and {search_with.tau2:.3g} of them"
+                f"not certified: the update passed through {', '.join(altered)}, which change its entries, so the "
+                "spans read need not be those of the client's inputs"
+            )
+        if noise > 0:
+            certificate += (
+                f"; noise of std {noise:.3g} recorded, spans read above its edge (ranks {ranks}), sentences kept "
+                f"within {search_with.tau1:.3g} and {search_with.tau2:.3g} of them"
             )
         if closing is not None:
             certificate += "; the closing token, in no layer input, is the input format's"

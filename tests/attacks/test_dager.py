@@ -74,7 +74,8 @@ def test_under_recorded_noise_dager_reads_the_span_above_its_edge(tokenizer, rev
     assert not plain.texts and plain.info["candidates"] == [] and plain.info["noise_std"] == 0.0
     assert aware.info["noise_std"] == 1e-6 and aware.info["ranks"] == [120, 124]
     assert text_score(aware, texts, tokenizer)["exact"] == 1.0 and not any(aware.certified)
-    assert aware.certificate.startswith("not certified: noise of std 1e-06")
+    assert aware.certificate.startswith("not certified: the update passed through noise")
+    assert "noise of std 1e-06 recorded" in aware.certificate
     assert 1e-4 < aware.info["thresholds"][0] < aware.info["thresholds"][1] < 0.1
     # noise far below the thresholds (std 1e-9): the sentences pass the published ones too, and still no certificate
     faint = gi.attacks.make("dager").reconstruct(
@@ -90,6 +91,19 @@ def test_under_recorded_noise_dager_reads_the_span_above_its_edge(tokenizer, rev
         gi.attacks.make("dager").reconstruct(hidden)
     with pytest.raises(TypeError, match="noise_aware"):
         gi.attacks.make("dager", noise_aware="yes")
+
+
+def test_nothing_is_certified_behind_a_defense_that_changes_the_update(tokenizer, reviews) -> None:
+    # Prepare: four reviews through the random 3-layer GPT-2, the gradient quantised to 16 bits (the spans keep their
+    # ranks, 120 and 124, and one wrong sentence passes both span tests)
+    texts, labels = reviews[0][:4], reviews[1][:4]
+    model = make_text_model("gpt2", seed=0, **GPT2)
+    obs = observe_text(model, tokenizer, texts, labels, defenses=[gi.defenses.make("quantize", bits=16)])
+    # Execute
+    rec = gi.attacks.make("dager").reconstruct(obs)
+    # Assert: what passes is returned, none of it certified, and the certificate says why
+    assert rec.info["ranks"] == [120, 124] and rec.texts and min(rec.info["distances"]) < 1e-3
+    assert not any(rec.certified) and "passed through quantize" in rec.certificate
 
 
 def test_under_noise_each_vector_is_allowed_its_own_error_on_the_trained_encoder(tokenizer, reviews) -> None:
