@@ -28,12 +28,13 @@ of its newest position computed on the prefix alone), which certifies only what 
 Under next-token loss the last token of a sentence is only a target and enters no layer input: the attack appends the
 tokenizer's closing special token when the input format has one (BERT's ``[SEP]``).
 
-Under noise (a ``noise`` defense, DP-SGD) every direction of the gradient carries some, and the rank test above reads a
-full span and stops. With the noise level the observation records (the official code takes it as an argument,
-``--defense_noise``), the span is read above the noise's spectral edge and the thresholds are widened (ours): to a
-fraction of Wedin's bound on the span's error (:data:`NOISE_SLACK`), and for each vector to a multiple of its own
-first-order error, the edge times the norm of its span coefficients each divided by its singular value
-(:data:`VECTOR_SLACK`, :data:`SECOND_SLACK`); nothing is certified then.
+Under noise (a ``noise`` defense, DP-SGD) every direction of the gradient carries some: the rank test above reads a
+full span and stops, or the thresholds pass no sentence whole (measured from noise 1e-7 on a random GPT-2). With the
+noise level the observation records (the official code takes it as an argument, ``--defense_noise``), the span is
+read above the noise's spectral edge and the thresholds are widened (ours): to a fraction of Wedin's bound on the
+span's error (:data:`NOISE_SLACK`), and for each vector to a multiple of its own first-order error, the edge times the
+norm of its span coefficients each divided by its singular value (:data:`VECTOR_SLACK`, :data:`SECOND_SLACK`); nothing
+is certified then.
 
 A LoRA client (PEFT adapters ``W + B A`` on the attention projections) shares the gradients of ``A`` and ``B``; that of
 ``A`` is ``B^T dL/dY X^T``, whose row space is the span of the layer's inputs while they number fewer than the
@@ -201,7 +202,8 @@ class DAGER:
         noise_aware: where the observation records noise (a ``noise`` defense, DP-SGD), read the span above the
             noise's spectral edge (:func:`noise_rank`) and widen the thresholds to the span's error (module
             docstring; the official code likewise takes the noise level as an argument). No sentence is certified
-            under noise. ``False``: the attack as published, whose rank test counts every noise direction and stops.
+            under noise. ``False``: the attack as published (under noise it reads a full span and stops, or passes
+            no sentence whole).
     """
 
     name = "dager"

@@ -129,7 +129,7 @@ def with_lora(model: nn.Module, rank: int, *, seed: int = 0, zero_b: bool = Fals
     try:
         import peft
     except ImportError as err:  # pragma: no cover - peft is in the text extra
-        raise ImportError("LoRA clients need PEFT: pip install 'gradinv[text]'") from err
+        raise ImportError("LoRA clients need PEFT: pip install torch==2.13.0 'gradinv[text]'") from err
     kind = getattr(getattr(model, "config", None), "model_type", None)
     targets = ["c_attn"] if kind == "gpt2" else ["query", "value"]
     config = peft.LoraConfig(

@@ -91,9 +91,9 @@ def test_dpsgd_on_text_clips_each_sentence_and_clipping_alone_leaves_dager_exact
     stopped = gi.attacks.make("dager", noise_aware=False).reconstruct(private)
     # Assert: without clipping or noise, DP-SGD's update is the batch gradient (the mean of the sentences' own); each
     # sentence's norm is far above 1e-3, so clipping rescales each one: the update's direction changes, its span
-    # does not, and DAGER still reads every sentence exactly. Any noise above float32's rounding fills the span and
-    # DAGER's published rank test stops: here at noise 1e-6 (epsilon 5.5e11, no privacy to speak of): the test's
-    # brittleness, not the defense's protection (tests/attacks/test_dager.py: with the recorded noise it reads on)
+    # does not, and DAGER still reads every sentence exactly. DP-SGD's noise, here a multiplier of 1e-6 (epsilon
+    # 5.5e11, no privacy to speak of), fills the span and DAGER's published rank test stops: the test's brittleness,
+    # not the defense's protection (tests/attacks/test_dager.py: with the recorded noise it reads on)
     for name, grad in plain.update.items():
         torch.testing.assert_close(same.update[name], grad, rtol=1e-4, atol=1e-6)
     flat = torch.cat([g.flatten() for g in only_clipped.update.values()])
