@@ -191,6 +191,9 @@ def attack(
         False, "--shares-buffers/--keeps-buffers", help="The client sends its BatchNorm buffers after training."
     ),
     normalize: str = typer.Option("none", help=f"Client input normalisation: {', '.join(NORMALIZATIONS)}."),
+    augmentation: str = typer.Option(
+        "none", help="The client's private data augmentation: none, flip or crop_flip (each local epoch afresh)."
+    ),
     server: str = typer.Option("honest", help="honest or malicious."),
     preset: str | None = typer.Option(
         None, help="A SoK threat model A-H (Carletti et al. 2025; `gradinv list`): sets what the attacker knows."
@@ -198,6 +201,10 @@ def attack(
     seed: int = typer.Option(0, help="Seeds the data draw, the client and the model."),
     model_seed: int | None = typer.Option(None, help="Seeds the model's initialisation (default: --seed)."),
     client_images: int = typer.Option(256, help="The client's training set, for MixUp/InstaHide's pool=dataset."),
+    pretrain_epochs: int = typer.Option(
+        0, help="Train the broadcast model this many epochs on --data first (a later FL round; recorded)."
+    ),
+    pretrain_images: int = typer.Option(1000, help="Images of --data the pretraining draws (a fifth held out)."),
     device: str = typer.Option("cpu", help="Where to compute: cpu, cuda, cuda:N or mps."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
@@ -216,6 +223,7 @@ def attack(
             bn_mode=bn_mode,
             knows_bn_stats=bn_stats,
             shares_buffers=shares_buffers,
+            augmentation=augmentation,
         )
         config = RunConfig(
             attacks=attack_names,
@@ -236,6 +244,8 @@ def attack(
             model_seed=model_seed,
             client_images=client_images,
             device=device,
+            pretrain_epochs=pretrain_epochs,
+            pretrain_images=pretrain_images,
         )
         with _progress() as factory, _removed_on_failure(out):
             record = run(config, out, overwrite=overwrite, progress=factory)

@@ -63,6 +63,11 @@ class ThreatModel:
             carry the batch's own statistics (:func:`gradinv.attacks.objectives.statistics_from_buffers`).
         knows_training: the attacker knows the client's training details (local steps, learning rate, mini-batches):
             needed to interpret a FedAvg update (the SoK's "training details", threat models C and above).
+        augmentation: the client augments its images before each pass over them, with private draws, as training
+            pipelines do (:mod:`gradinv.fl.augmentation`): ``"none"``; ``"flip"``, a horizontal flip with probability
+            1/2; ``"crop_flip"``, that flip and a random crop of the image zero-padded by an eighth of its size (He et
+            al.'s CIFAR augmentation). A FedAvg client draws afresh for every local epoch. The attacker knows the
+            family, not the draws.
         sok: the threat model of Carletti et al.'s SoK (USENIX Security 2025) this one was built from
             (:meth:`preset`), ``"A"``-``"H"``; ``None``: set field by field. With a letter, the knowledge fields
             must be the letter's (:data:`SOK_PRESETS`) and attacks the SoK grades above it are refused.
@@ -81,6 +86,7 @@ class ThreatModel:
     normalization: Normalization | None = None
     knows_training: bool = True
     shares_buffers: bool = False
+    augmentation: Literal["none", "flip", "crop_flip"] = "none"
     sok: Literal["A", "B", "C", "D", "E", "F", "G", "H"] | None = None
 
     @classmethod
@@ -91,7 +97,7 @@ class ThreatModel:
         ``knows_training`` (training details, C and above), ``knows_bn_stats`` and ``knows_labels`` (the client
         data's distribution, E only); the batch size is known in all (FedAvg weighs clients by it). ``client`` sets
         how the client trains, which no letter fixes: ``update``, ``local_steps``, ``local_lr``,
-        ``local_batch_size``, ``local_shuffle``, ``bn_mode``, ``normalization``, ``shares_buffers``.
+        ``local_batch_size``, ``local_shuffle``, ``bn_mode``, ``normalization``, ``shares_buffers``, ``augmentation``.
 
         Raises:
             ValueError: an unknown letter, or ``client`` naming a field the letter sets.
@@ -104,7 +110,7 @@ class ThreatModel:
             raise ValueError(
                 f"threat model {letter} ({SOK_PRESETS[letter][0]}) sets {', '.join(clash)} itself; "
                 "pass only how the client trains (update, local_steps, local_lr, local_batch_size, local_shuffle, "
-                "bn_mode, normalization, shares_buffers) or build the ThreatModel field by field"
+                "bn_mode, normalization, shares_buffers, augmentation) or build the ThreatModel field by field"
             )
         return cls(sok=letter, **fixed, **client)  # type: ignore[arg-type]
 
@@ -242,6 +248,9 @@ class Observation:
             ``threat.shares_buffers``.
         model_spec: ``{"name": ..., **kwargs}`` when the model came from ``gi.models.make`` (lets ``load`` rebuild it).
         defenses: the configuration of each defense the client applied, in order.
+        model_training: how the broadcast model was trained before this round (``gi.evaluate.pretrain``'s records,
+            oldest first: dataset, epochs, steps, learning rate, seed, accuracy reached); empty for a model at its
+            initialisation or of unknown history.
     """
 
     model: nn.Module
@@ -255,9 +264,12 @@ class Observation:
     buffers: dict[str, torch.Tensor] | None = None
     model_spec: dict[str, Any] | None = None
     defenses: list[dict[str, Any]] = field(default_factory=list)
+    model_training: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_update(self.model, self.update)
+        if not isinstance(self.model_training, list) or not all(isinstance(r, dict) for r in self.model_training):
+            raise TypeError(f"model_training must be a list of records (dicts), got {self.model_training!r}")
         if not isinstance(self.threat, ThreatModel):
             raise TypeError(f"threat must be a gi.ThreatModel, got {type(self.threat).__name__}")
         check_observation_fields(self.image_shape, self.num_classes, self.batch_size, self.labels, self.bn_stats)
@@ -298,6 +310,7 @@ class Observation:
             else {k: (m.to(chosen), v.to(chosen)) for k, (m, v) in self.bn_stats.items()},
             buffers=None if self.buffers is None else {k: v.to(chosen) for k, v in self.buffers.items()},
             defenses=list(self.defenses),
+            model_training=list(self.model_training),
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -321,6 +334,7 @@ class Observation:
             "model_spec": self.model_spec,
             "bn_names": sorted(self.bn_stats or {}),
             "defenses": self.defenses,
+            "model_training": self.model_training,
         }
         atomic_write(folder / "tensors.safetensors", lambda tmp: save_file(tensors, str(tmp)))
         atomic_write_text(folder / "observation.json", json.dumps(meta, indent=2))
@@ -348,6 +362,9 @@ class Observation:
                 raise ValueError("bn_names must be a list of names")
             if not isinstance(defenses, list) or not all(isinstance(d, dict) for d in defenses):
                 raise ValueError("defenses must be a list of objects")
+            training = meta.get("model_training", [])
+            if not isinstance(training, list) or not all(isinstance(r, dict) for r in training):
+                raise ValueError("model_training must be a list of objects")
             bn = {n: (tensors[f"bn_mean/{n}"], tensors[f"bn_var/{n}"]) for n in bn_names}
         except KeyError as err:
             raise ValueError(f"{source} (or its tensors) lacks the entry {err.args[0]!r}") from err
@@ -379,6 +396,7 @@ class Observation:
             else None,
             model_spec=spec,
             defenses=defenses,
+            model_training=training,
         )
         outputs = models.num_outputs(model, observation.image_shape)
         if outputs != observation.num_classes:

@@ -14,7 +14,9 @@ from safetensors.torch import save_file
 from gradinv import attacks, data, defenses, metrics, models, report
 from gradinv.attacks.base import Callback
 from gradinv.attacks.cafe import CAFE
+from gradinv.evaluate.utility import pretrain
 from gradinv.fl import vertical
+from gradinv.fl.augmentation import augmented_batch
 from gradinv.fl.client import observe
 from gradinv.observation import ThreatModel
 from gradinv.validation import check_device, constructor_options
@@ -45,6 +47,8 @@ class RunConfig:
     client_images: int = 256  # the client's training set, for defenses that draw from it (MixUp's pool="dataset")
     notes: dict[str, str] = field(default_factory=dict)  # per attack, a sentence for the report (the demo's)
     device: str = "cpu"  # where the client and the attacks compute: cpu, cuda, cuda:N, mps
+    pretrain_epochs: int = 0  # > 0: the broadcast model is first trained this many epochs on ``data`` (a later round)
+    pretrain_images: int = 1000  # the images of ``data`` that training draws (a fifth held out for its accuracy)
 
 
 def client_training_set(client_defenses: Sequence[Any], dataset: str, n: int, **load: Any) -> tuple[Any, Any] | None:
@@ -128,6 +132,19 @@ def run(
         seed=config.seed if config.model_seed is None else config.model_seed,
         **config.model_options,
     )
+    if config.pretrain_epochs:
+        model = pretrain(
+            model,
+            config.data,
+            config.pretrain_epochs,
+            n=config.pretrain_images,
+            size=config.size,
+            channels=config.channels,
+            root=config.root,
+            normalization=config.threat.normalization,
+            seed=config.seed,
+            device=device,
+        )
     pool = client_training_set(
         client_defenses,
         config.data,
@@ -153,7 +170,11 @@ def run(
     for name, attack in chosen.items():
         log.info("running %s", name)
         rec = attack.reconstruct(observation, callback=progress(name) if progress else None, device=device)
-        results[name] = (rec, metrics.score(rec, images, labels))
+        scores = metrics.score(rec, images, labels)
+        if config.threat.augmentation != "none":  # also against what the client trained on (its first pass)
+            trained_on = augmented_batch(images, config.threat, config.seed)
+            scores["psnr_vs_augmented"] = metrics.score(rec, trained_on, labels)["psnr"]
+        results[name] = (rec, scores)
     record_config = {
         "model": config.model,
         "model_options": config.model_options,
@@ -164,6 +185,7 @@ def run(
         "num_classes": config.num_classes,
         "threat": config.threat.to_dict(),
         "defenses": observation.defenses,
+        "model_training": observation.model_training,
         "seed": config.seed,
         "model_seed": config.model_seed,
         "labels": labels.tolist(),

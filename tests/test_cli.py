@@ -191,3 +191,27 @@ def test_preset_sets_the_attackers_knowledge_and_is_recorded(tmp_path) -> None:
     assert refused.exit_code != 0 and "assumes SoK threat model B" in refused.output
     assert clash.exit_code != 0 and "drop --labels" in clash.output
     assert "Statistical-Informed Eavesdropper" in listed.output and "Active Client Manipulator" in listed.output
+
+
+def test_pretrained_model_is_recorded_in_the_run_and_its_report(tmp_path) -> None:
+    out = tmp_path / "run"
+    args = ["attack", "--out", str(out), "-a", "idlg", "--opt", "steps=1", "--size", "16", "--data", "digits"]
+    result = runner.invoke(app, [*args, "--channels", "1", "--pretrain-epochs", "1", "--pretrain-images", "400"])
+    assert result.exit_code == 0, result.output
+    training = json.loads((out / "metrics.json").read_text())["model_training"]
+    assert len(training) == 1 and training[0]["epochs"] == 1 and training[0]["n_train"] == 320
+    assert "trained before this round" in (out / "report.html").read_text()
+    assert json.loads((out / "observation" / "observation.json").read_text())["model_training"] == training
+
+
+def test_augmenting_client_is_scored_against_its_data_and_its_augmented_batch(tmp_path) -> None:
+    out = tmp_path / "run"
+    args = ["attack", "--out", str(out), "-a", "idlg", "--opt", "steps=20", "--size", "16", "--index", "1"]
+    result = runner.invoke(app, [*args, "--augmentation", "flip", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "metrics.json").read_text())
+    scores = record["attacks"]["idlg"]["scores"]
+    assert record["threat"]["augmentation"] == "flip" and scores["psnr_vs_augmented"] > scores["psnr"] + 10
+    assert "The client augmented its images" in (out / "report.html").read_text()
+    bad = runner.invoke(app, [*args[:2], str(tmp_path / "bad"), *args[3:], "--augmentation", "rotate"])
+    assert bad.exit_code != 0 and "augmentation" in bad.output

@@ -362,7 +362,7 @@ def bottleneck_noise(observation: Observation, name: str, bottleneck: Variationa
     """The client's latent draw ``eps`` of one sample, read off its update (gradinv's own, from the bias trick of
     Phong et al. 2018): the encoder's and the decoder's gradients are ``g h^T`` and ``g' z^T`` with their bias
     gradients ``g`` and ``g'``, so ``h = dW^T g / ||g||^2`` (the bottleneck's input; the KL term's gradient has the
-    same form) and ``z = dW'^T g' / ||g'||^2`` (its latent sample), and ``eps = (z - mu(h)) / sigma(h)``. ``None``
+    same form) and ``z = dW'^T g' / ||g'||^2`` (its latent sample), and ``eps = (z - mu(h)) / std(h)``. ``None``
     when a bias gradient is zero or missing."""
     update = observation.update
     keys = [f"{name}.encoder.weight", f"{name}.encoder.bias", f"{name}.decoder.weight", f"{name}.decoder.bias"]
@@ -375,8 +375,8 @@ def bottleneck_noise(observation: Observation, name: str, bottleneck: Variationa
     z = (w_dec.T @ b_dec) / (b_dec @ b_dec)
     with torch.no_grad():
         weight, bias = bottleneck.encoder.weight.double(), bottleneck.encoder.bias.double()
-        mu, logvar = (weight @ h + bias).chunk(2)
-    return ((z - mu) / torch.exp(0.5 * logvar)).float()[None]
+        mu, raw = (weight @ h + bias).chunk(2)
+    return ((z - mu) / torch.nn.functional.softplus(raw)).float()[None]
 
 
 @dataclass(frozen=True)
@@ -397,7 +397,7 @@ class Adaptation:
     prior: float
     update: UpdateFn | None
     draws: bool = False
-    """The client drew at random in private (dropout, PRECODE in train mode): the attack optimises the draws too
+    """The client drew at random in private (dropout in train mode, PRECODE): the attack optimises the draws too
     (:func:`private_draws`, one set per restart)."""
     policy: str | None = None
     """The client's ATS policy: the recovered images are decoded through it (:meth:`finish`)."""
@@ -437,8 +437,11 @@ def adapt(observation: Observation, target: Sequence[torch.Tensor], batch_size: 
     if len(policies) > 1:
         raise ValueError("no adaptive counterpart for two ATS policies in one chain; run with adaptive=False")
     policy = policies[0] if policies else None
-    # in eval mode the client drew nothing
-    draws = observation.threat.bn_mode == "train" and any(d.get("name") in DROPOUT for d in observation.defenses)
+    # dropout draws nothing in eval mode; PRECODE's bottleneck draws in every mode (its official code)
+    draws = any(
+        d.get("name") == "precode" or (d.get("name") in DROPOUT and observation.threat.bn_mode == "train")
+        for d in observation.defenses
+    )
     noisy = any(
         d.get("name") == "noise" or (d.get("name") == "dpsgd" and float(d["noise_multiplier"]) > 0)
         for d in observation.defenses

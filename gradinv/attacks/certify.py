@@ -43,8 +43,10 @@ def coupling(model: nn.Module, training: bool | None = None) -> str | None:
             return f"BatchNorm {name!r} normalises with the batch's statistics (train mode)"
         if isinstance(module, nn.modules.dropout._DropoutNd) and active and module.p > 0:
             return f"dropout {name!r} is active (train mode): the client's masks are private"
-        if getattr(module, "private_randomness", False) and active and getattr(module, "p", 1) > 0:
-            return f"{type(module).__name__} {name!r} draws at random in train mode: the client's draw is private"
+        drawing = active or getattr(module, "draws_in_eval", False)
+        if getattr(module, "private_randomness", False) and drawing and getattr(module, "p", 1) > 0:
+            mode = "" if getattr(module, "draws_in_eval", False) else " in train mode"
+            return f"{type(module).__name__} {name!r} draws at random{mode}: the client's draw is private"
     return None
 
 

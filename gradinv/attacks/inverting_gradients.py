@@ -274,7 +274,9 @@ def vectorisable(
         return False
     batch_dependent = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
     for m in model.modules():
-        if m.training and (isinstance(m, batch_dependent) or getattr(m, "private_randomness", False)):
+        if m.training and isinstance(m, batch_dependent):
+            return False
+        if getattr(m, "private_randomness", False) and (m.training or getattr(m, "draws_in_eval", False)):
             return False
         if hasattr(m, "auxiliary_loss"):
             return False

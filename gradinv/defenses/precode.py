@@ -4,26 +4,39 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gradinv.defenses.base import Defense
 from gradinv.validation import check_arguments, check_seed
 
 
+def kl_bits(mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The KL divergence of ``N(mu, std^2)`` from ``N(0, I)`` in bits, summed over the latent units and averaged over
+    the batch: ``-1/2 sum(1 + log std^2 - mu^2 - std^2) / ln 2`` (PRECODE's loss term, as its official code computes
+    it; the paper's Eq. 3 up to the unit)."""
+    log_var = 2 * std.clamp_min(torch.finfo(std.dtype).tiny).log()
+    return -0.5 * (1 + log_var - mu.pow(2) - std.pow(2)).sum(dim=-1).mean() / math.log(2)
+
+
 class VariationalBottleneck(nn.Module):
-    """PRECODE's variational bottleneck (Sec. 3): an encoder ``h -> (mu, log sigma^2)`` of size ``2k``, a latent
-    sample ``z = mu + sigma * eps`` with ``eps ~ N(0, I)`` drawn by the client in training mode (``z = mu`` in eval
-    mode), and a decoder ``z -> h'`` back to the feature size. The KL divergence of ``N(mu, sigma^2)`` from ``N(0, I)``,
-    times ``beta``, joins the client's loss (:attr:`auxiliary_loss`, read by :func:`gradinv.update.model_loss`).
+    """PRECODE's variational bottleneck (Sec. 3), parametrised as the authors' code does: an encoder
+    ``h -> (mu, s)`` of size ``2k`` with ``std = softplus(s)``, a latent sample ``z = mu + std * eps``, ``eps ~ N(0,
+    I)`` drawn by the client **in every mode** (the official code samples at inference too, so its test accuracies are
+    of sampled models), and a decoder ``z -> h'`` back to the feature size. ``beta`` times :func:`kl_bits` joins the
+    client's loss (:attr:`auxiliary_loss`, read by :func:`gradinv.update.model_loss`).
 
     ``noise``: set by an attacker who optimises the client's draw (:mod:`gradinv.attacks.adaptive`); used instead of a
-    fresh ``eps`` in training mode.
+    fresh ``eps``.
     """
 
     private_randomness = True
     """The client's draw is private: a sample's gradient depends on it (:func:`gradinv.attacks.certify.coupling`)."""
+    draws_in_eval = True
+    """The draw happens in eval mode too (dropout draws only in train mode)."""
 
     def __init__(self, features: int, latent: int, beta: float) -> None:
         super().__init__()
@@ -43,17 +56,17 @@ class VariationalBottleneck(nn.Module):
         clone.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
         return clone
 
+    def statistics(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent mean and standard deviation ``(mu, softplus(s))`` of the bottleneck's input ``h``."""
+        mu, raw = self.encoder(h).chunk(2, dim=-1)
+        return mu, F.softplus(raw)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        mu, logvar = self.encoder(h).chunk(2, dim=-1)
-        if self.training:
-            noise = getattr(self, "noise", None)
-            eps = torch.randn_like(mu) if noise is None else noise
-            z = mu + torch.exp(0.5 * logvar) * eps
-        else:
-            z = mu
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1).mean()
-        self.auxiliary_loss = self.beta * kl
-        return self.decoder(z)
+        mu, std = self.statistics(h)
+        noise = getattr(self, "noise", None)
+        eps = torch.randn_like(mu) if noise is None else noise
+        self.auxiliary_loss = self.beta * kl_bits(mu, std)
+        return self.decoder(mu + std * eps)
 
 
 def add_bottleneck(model: nn.Module, latent: int, beta: float, seed: int = 0) -> nn.Module:
@@ -88,8 +101,8 @@ class Precode(Defense):
     input (the adaptive attack, like Scheliga et al.'s own for dropout) is not stopped (docs/adaptive.md).
 
     Args:
-        latent: the bottleneck's latent size ``k`` (gradinv's default; the paper's choice is not checked here).
-        beta: the weight of the KL term in the client's loss (gradinv's default, likewise).
+        latent: the bottleneck's latent size ``k`` (256, the official code's ``K``).
+        beta: the weight of the KL term (in bits) in the client's loss (1e-3, the official code's).
         seed: seeds the bottleneck's initial weights (the server's).
     """
 

@@ -3,6 +3,6 @@
 from gradinv.evaluate.grid import Cell, Grid, GridError, load_grid
 from gradinv.evaluate.runner import evaluate
 from gradinv.evaluate.store import Store
-from gradinv.evaluate.utility import Utility, accuracy, utility
+from gradinv.evaluate.utility import Utility, accuracy, pretrain, utility
 
-__all__ = ["Cell", "Grid", "GridError", "Store", "Utility", "accuracy", "evaluate", "load_grid", "utility"]
+__all__ = ["Cell", "Grid", "GridError", "Store", "Utility", "accuracy", "evaluate", "load_grid", "pretrain", "utility"]

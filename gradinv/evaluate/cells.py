@@ -17,7 +17,8 @@ from gradinv.data import NORMALIZATIONS
 from gradinv.defenses.base import Defense
 from gradinv.evaluate.cost import full_recovery
 from gradinv.evaluate.grid import config_key
-from gradinv.evaluate.utility import Utility, utility
+from gradinv.evaluate.utility import TRAINING_ATTRIBUTE, Utility, pretrain, utility
+from gradinv.fl.augmentation import augmented_batch
 from gradinv.fl.client import encode_batch, observe
 from gradinv.fl.vertical import simulate
 from gradinv.observation import ThreatModel
@@ -34,12 +35,13 @@ def _stats(values: list[Any]) -> dict[str, float | None]:
     return {"mean": present_mean(present), "std": statistics.pstdev(present) if present else None}
 
 
-_PRETRAINED: dict[str, dict[str, torch.Tensor]] = {}  # per process: pretraining spec key -> trained weights
+_PRETRAINED: dict[str, tuple[dict[str, torch.Tensor], list[dict[str, Any]]]] = {}
+"""Per process: pretraining spec key -> the trained weights and their training records (``gi.evaluate.pretrain``)."""
 
 
 def _model(config: dict[str, Any], device: str = "cpu") -> torch.nn.Module:
     """The cell's broadcast model: seeded initialisation, then ``pretrain_epochs`` of clean training if set (on
-    ``device``; the model comes back on the CPU)."""
+    ``device``; the model comes back on the CPU, carrying its training record for the observation)."""
     shape = (config["channels"], config["size"], config["size"])
 
     def fresh() -> torch.nn.Module:
@@ -57,11 +59,14 @@ def _model(config: dict[str, Any], device: str = "cpu") -> torch.nn.Module:
     # what the training depends on: a utility job's configuration without defenses, plus the seed and the epochs
     key = config_key({**(utility_config({**config, "defenses": []}) or {}), "seed": config["seed"], "epochs": epochs})
     if key not in _PRETRAINED:
-        trained = _train(config, fresh, [], epochs, config["seed"], device).model
-        assert trained is not None
-        _PRETRAINED[key] = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
+        options = _training_options(config)
+        trained = pretrain(fresh(), config["utility"]["dataset"], epochs, seed=config["seed"], device=device, **options)
+        state = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
+        _PRETRAINED[key] = (state, getattr(trained, TRAINING_ATTRIBUTE))
+    state, records = _PRETRAINED[key]
     model = fresh()
-    model.load_state_dict(_PRETRAINED[key])
+    model.load_state_dict(state)
+    setattr(model, TRAINING_ATTRIBUTE, [dict(r) for r in records])
     return model
 
 
@@ -74,21 +79,21 @@ def _train(
     device: str = "cpu",
 ) -> Utility:
     """Train ``factory()``'s model with ``chain`` on the grid's [utility] data (``gi.evaluate.utility``)."""
+    options = _training_options(config)
+    return utility(factory, config["utility"]["dataset"], chain, epochs, seed=seed, device=device, **options)
+
+
+def _training_options(config: dict[str, Any]) -> dict[str, Any]:
+    """How the grid trains (its [utility] settings), for ``gi.evaluate.utility`` and ``gi.evaluate.pretrain``."""
     setup = config["utility"]
-    return utility(
-        factory,
-        setup["dataset"],
-        chain,
-        epochs,
-        n=setup["n"],
-        size=config["size"],
-        channels=config["channels"],
-        batch_size=setup["batch_size"],
-        lr=setup["lr"],
-        normalization=NORMALIZATIONS[config["normalization"]],
-        seed=seed,
-        device=device,
-    )
+    return {
+        "n": setup["n"],
+        "size": config["size"],
+        "channels": config["channels"],
+        "batch_size": setup["batch_size"],
+        "lr": setup["lr"],
+        "normalization": NORMALIZATIONS[config["normalization"]],
+    }
 
 
 def run_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
@@ -133,7 +138,9 @@ def run_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         if rec.certificate not in evidence:
             evidence.append(rec.certificate)
         encoded, _ = encode_batch(x, y, config["num_classes"], chain, seed=client_seed, client_data=client_data)
-        # PSNR of each returned image against the encoding it is closest to (MixUp/InstaHide), by returned image
+        if threat.augmentation != "none":  # what the client's first pass trained on
+            encoded = augmented_batch(encoded, threat, client_seed)
+        # PSNR of each returned image against the encoding it is closest to (MixUp/InstaHide; the augmented batch)
         by_match = {} if encoded is x else {e["match"]: e["psnr"] for e in metrics.score(rec, encoded)["per_image"]}
         seconds.append(rec.seconds)
         steps.append(len(rec.trace))

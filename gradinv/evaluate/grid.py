@@ -418,7 +418,13 @@ def _defenses(
     return out
 
 
-QUIET_THREAT_FIELDS = {"local_shuffle": False, "knows_training": True, "shares_buffers": False, "sok": None}
+QUIET_THREAT_FIELDS = {
+    "local_shuffle": False,
+    "knows_training": True,
+    "shares_buffers": False,
+    "augmentation": "none",
+    "sok": None,
+}
 """Threat fields a cell records only when they differ from these defaults, so that the keys (and the resumable
 results) of grids that do not use them stay as they were."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ def utility(
         batch_size: the client's mini-batch (incomplete last batches are dropped).
         lr, momentum: the server's SGD on the shared updates.
         normalization: the client's input normalisation (as in :class:`gradinv.ThreatModel`).
+        seed: seeds the split, the batch order, the defenses' draws and the model's own (dropout masks, PRECODE's
+            latent, which it draws at test time too): the same seed gives the same accuracy.
         progress: optional ``progress(step, total_steps, nan)`` after each step.
         device: where the model trains (``"cpu"``, ``"cuda"``, ...; default the CPU). The defenses' ``apply`` runs on
             the CPU (the same noise draws on every device); the returned model stays on ``device``.
@@ -138,38 +141,42 @@ def utility(
         raise ValueError(f"batch_size {batch_size} exceeds the {train_x.shape[0]} training images")
     total, step = epochs * per_epoch, 0
     start = time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(train_x.shape[0], generator=generator)
-        for b in range(per_epoch):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            x, y = encode_batch(
-                train_x[idx], train_y[idx], num_classes, defenses, seed * 1_000_003 + step, (train_x, train_y)
+    # the model's own draws (dropout masks, PRECODE's latent, in training and, for PRECODE, at test time) are seeded
+    with torch.random.fork_rng(devices=[chosen.index or 0] if chosen.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for _ in range(epochs):
+            order = torch.randperm(train_x.shape[0], generator=generator)
+            for b in range(per_epoch):
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                x, y = encode_batch(
+                    train_x[idx], train_y[idx], num_classes, defenses, seed * 1_000_003 + step, (train_x, train_y)
+                )
+                inputs = normalize(x, normalization).to(chosen)
+                model.train()
+                update = defended_update(model, inputs, y.to(chosen), threat, trainer, generator)
+                shared = {name: u.detach().cpu() for name, u in zip(names, update, strict=True)}
+                for defense in defenses:
+                    shared = defense.apply(shared, generator=generator)
+                optimizer.zero_grad(set_to_none=True)
+                for name, param in model.named_parameters():
+                    param.grad = shared[name].to(param).clone()
+                optimizer.step()
+                step += 1
+                if progress is not None:
+                    progress(step, total, float("nan"))
+        model.eval()
+        with torch.no_grad():
+            train_loss = float(
+                cross_entropy(model(normalize(train_x[:1024], normalization).to(chosen)), train_y[:1024].to(chosen))
             )
-            inputs = normalize(x, normalization).to(chosen)
-            model.train()
-            update = defended_update(model, inputs, y.to(chosen), threat, trainer, generator)
-            shared = {name: u.detach().cpu() for name, u in zip(names, update, strict=True)}
-            for defense in defenses:
-                shared = defense.apply(shared, generator=generator)
-            optimizer.zero_grad(set_to_none=True)
-            for name, param in model.named_parameters():
-                param.grad = shared[name].to(param).clone()
-            optimizer.step()
-            step += 1
-            if progress is not None:
-                progress(step, total, float("nan"))
-    model.eval()
-    with torch.no_grad():
-        train_loss = float(
-            cross_entropy(model(normalize(train_x[:1024], normalization).to(chosen)), train_y[:1024].to(chosen))
-        )
-    test_inputs = normalize(test_x, normalization).to(chosen)
+        test_inputs = normalize(test_x, normalization).to(chosen)
+        test_accuracy = accuracy(model, test_inputs, test_y.to(chosen))
     dp = next((d for d in defenses if isinstance(d, DPSGD)), None)
     epsilon = (
         None if dp is None else gaussian_epsilon(dp.noise_multiplier, batch_size / train_x.shape[0], step, dp.delta)
     )
     return Utility(
-        accuracy=accuracy(model, test_inputs, test_y.to(chosen)),
+        accuracy=test_accuracy,
         train_loss=train_loss,
         epochs=epochs,
         steps=step,
@@ -180,3 +187,80 @@ def utility(
         epsilon=epsilon,
         model=model,
     )
+
+
+TRAINING_ATTRIBUTE = "gradinv_training"
+"""The attribute :func:`pretrain` sets on the model it returns: a list of training records, oldest first, which
+:func:`gradinv.observe` copies into ``Observation.model_training``."""
+
+
+def pretrain(
+    model: nn.Module,
+    dataset: str | tuple[torch.Tensor, torch.Tensor],
+    epochs: int,
+    *,
+    n: int = 1000,
+    size: int = 16,
+    channels: int = 1,
+    root: str | None = None,
+    test_fraction: float = 0.2,
+    batch_size: int = 32,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    normalization: Normalization | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """A trained copy of ``model``: the broadcast model of a later FL round rather than a fresh initialisation
+    (realistic clients, Carletti et al.'s SoK and Du et al.: trained models leak less). Clean training, no defense,
+    exactly :func:`utility`'s (SGD with momentum on mini-batch gradients; its arguments mean the same), on a copy.
+
+    The returned model carries what was done to it (``model.gradinv_training``, a list of records oldest first: the
+    dataset, epochs, steps, batch size, learning rate, seed, and the held-out accuracy reached), which
+    :func:`gradinv.observe` records in the observation, so every result made on it says the model was trained and how.
+    ``model`` itself is not changed; its train/eval mode is kept.
+
+    Raises:
+        ValueError: as :func:`utility` (``epochs`` < 1, ...).
+        TypeError: ``model`` is not an ``nn.Module``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        raise TypeError(f"epochs must be an integer, got {epochs!r}")
+    result = utility(
+        lambda: copy.deepcopy(model),
+        dataset,
+        (),
+        epochs,
+        n=n,
+        size=size,
+        channels=channels,
+        root=root,
+        test_fraction=test_fraction,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        normalization=normalization,
+        seed=seed,
+        device=device,
+    )
+    trained = result.model
+    assert trained is not None
+    home = next((p.device for p in model.parameters()), torch.device("cpu"))
+    trained = trained.to(home).train(model.training)
+    record = {
+        "dataset": dataset if isinstance(dataset, str) else "user data",
+        "epochs": epochs,
+        "steps": result.steps,
+        "n_train": result.n_train,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "seed": seed,
+        "test_accuracy": result.accuracy,
+        "n_test": result.n_test,
+        "train_loss": result.train_loss,
+    }
+    setattr(trained, TRAINING_ATTRIBUTE, [*getattr(model, TRAINING_ATTRIBUTE, []), record])
+    return trained

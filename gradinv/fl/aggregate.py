@@ -129,6 +129,7 @@ def observe_aggregate(
         bn_stats=None,
         model_spec=first.model_spec,
         defenses=[*first.defenses, record | _costs(view)],
+        model_training=list(first.model_training),
     )
 
 

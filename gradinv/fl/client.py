@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradinv.defenses.base import Defense
+from gradinv.fl.augmentation import augmented_epochs
 from gradinv.models import num_outputs
 from gradinv.observation import Observation, ThreatModel
 from gradinv.update import compute_update, cross_entropy, denormalize, epoch_orders, minibatches, normalize
@@ -108,15 +109,25 @@ def defended_update(
     threat: ThreatModel,
     trainer: Defense | None,
     generator: torch.Generator,
+    copies: int = 1,
 ) -> list[torch.Tensor]:
     """The client's update, computed by ``trainer`` when one replaces the training step, else by
-    :func:`compute_update` (before any defense's ``apply``)."""
+    :func:`compute_update` (before any defense's ``apply``). ``copies``: ``inputs`` holds this many augmented copies
+    of the batch, one per local epoch (:func:`gradinv.fl.augmentation.augmented_epochs`)."""
+    if trainer is not None and copies > 1:
+        raise ValueError(
+            f"defense {trainer.name!r} trains the client itself and does not augment each local epoch afresh; "
+            'use augmentation="none" or one local epoch'
+        )
     trained = trainer.client_update(model, inputs, targets, threat, generator) if trainer is not None else None
     if trained is not None and trainer is not None:
         if threat.local_shuffle:
             raise ValueError(f"defense {trainer.name!r} trains the client itself and does not reshuffle its data")
         return trained
-    orders = epoch_orders(inputs.shape[0], threat, generator) if threat.local_shuffle else None
+    n = inputs.shape[0] // copies
+    orders = epoch_orders(n, threat, generator) if threat.local_shuffle else None
+    if copies > 1:  # epoch e visits its own augmented copy, rows e * n ... (e + 1) * n - 1
+        orders = [e * n + (torch.arange(n) if orders is None else orders[e]) for e in range(copies)]
     return compute_update(model, inputs, targets, threat, orders=orders)
 
 
@@ -196,15 +207,18 @@ def observe(
     num_classes = num_outputs(model, image_shape)
     labels = check_labels(labels, images.shape[0], num_classes)
     images, targets = encode_batch(images, labels, num_classes, defenses, seed, client_data)
-    inputs = normalize(images, threat.normalization)
+    trained_on, copies = augmented_epochs(images, threat, seed)
+    inputs = normalize(trained_on, threat.normalization)
     broadcast = copy.deepcopy(model).train(threat.bn_mode == "train")
     client = copy.deepcopy(broadcast).to(chosen)
-    inputs, on_device = inputs.to(chosen), targets.to(chosen)
+    inputs = inputs.to(chosen)
+    on_device = targets.repeat(copies, *[1] * (targets.dim() - 1)).to(chosen)
     with torch.random.fork_rng(devices=[chosen.index or 0] if chosen.type == "cuda" else []):
         torch.manual_seed(seed)
-        bn = bn_statistics(copy.deepcopy(client), inputs) if threat.knows_bn_stats else None
+        first = inputs[: images.shape[0]]
+        bn = bn_statistics(copy.deepcopy(client), first) if threat.knows_bn_stats else None
         generator = torch.Generator().manual_seed(seed)
-        update = defended_update(client, inputs, on_device, threat, trainer, generator)
+        update = defended_update(client, inputs, on_device, threat, trainer, generator, copies)
     # the client's buffers after its training (BatchNorm's running statistics, updated by its forward passes)
     buffers = {n: b.detach().cpu().clone() for n, b in client.named_buffers()} if threat.shares_buffers else None
     if bn is not None:
@@ -225,4 +239,5 @@ def observe(
         buffers=buffers,
         model_spec=getattr(model, "gradinv_spec", None),
         defenses=[d.config() for d in defenses],
+        model_training=[dict(r) for r in getattr(model, "gradinv_training", [])],
     )

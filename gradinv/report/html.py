@@ -82,6 +82,34 @@ def _notes(record: dict[str, Any]) -> str:
     return f"<h2>Why these results</h2><ul>{items}</ul>"
 
 
+def _augmentation(record: dict[str, Any]) -> str:
+    """The client's private augmentation, and each attack's PSNR against the batch as the client saw it."""
+    kind = record["threat"].get("augmentation", "none")
+    if kind == "none":
+        return ""
+    against = ", ".join(
+        f"{_fmt(name)} {res['scores']['psnr_vs_augmented']:.1f} dB"
+        for name, res in record["attacks"].items()
+        if "psnr_vs_augmented" in res["scores"]
+    )
+    return (
+        f" The client augmented its images (<b>{_fmt(kind)}</b>, private draws): the scores below are against its "
+        f"data as it is; against the batch as the client's first pass saw it, PSNR: {against}."
+    )
+
+
+def _training(records: list[dict[str, Any]]) -> str:
+    """How the broadcast model was trained before the round (``gi.evaluate.pretrain``), or that it was not."""
+    if not records:
+        return "The model is at its initialisation (no training recorded)."
+    done = "; then ".join(
+        f"{r['epochs']} epochs ({r['steps']} steps, lr {r['lr']:g}) on {r['n_train']} images of {_fmt(r['dataset'])}, "
+        f"held-out accuracy {r['test_accuracy']:.3f}"
+        for r in records
+    )
+    return f"The model was trained before this round: <b>{done}</b>."
+
+
 def _certificates(record: dict[str, Any]) -> str:
     """Per attack: what its certificate rests on, and R-GAP's rank analysis at the answer, layer by layer."""
     items = []
@@ -150,7 +178,8 @@ def render(record: dict[str, Any], grid: Path, curve: Path) -> str:
 <p>Model <b>{_fmt(record["model"])}</b>, data <b>{_fmt(record["data"])}</b>, batch size <b>{record["batch_size"]}</b>,
 shared update <b>{_fmt(record["threat"]["update"])}</b>, server <b>{_fmt(record["threat"]["server"])}</b>,
 labels {"known" if record["threat"]["knows_labels"] else "withheld"} to the attacker, client defenses:
-<b>{_fmt(", ".join(d["name"] for d in record.get("defenses", [])) or "none")}</b>.</p>
+<b>{_fmt(", ".join(d["name"] for d in record.get("defenses", [])) or "none")}</b>.
+{_training(record.get("model_training") or [])}{_augmentation(record)}</p>
 {_audit(record.get("audit"))}
 <h2>Originals and reconstructions</h2>
 {_img(grid, "originals above reconstructions")}

@@ -345,3 +345,19 @@ def test_a_models_own_pretraining_and_label(tmp_path: Path) -> None:
     from gradinv.evaluate.results import _point
 
     assert len({_point(c.config) for c in grid.cells}) == len({c.config["model_label"] for c in grid.cells}) * 2
+
+
+def test_an_augmenting_clients_cell_is_scored_against_what_it_trained_on(tmp_path: Path) -> None:
+    from gradinv.evaluate.cells import run_cell
+
+    # the bias trick inverts the MLP's first layer exactly: it returns the image the client trained on
+    threats = '[[threats]]\nlabel = "flips"\naugmentation = "flip"\n[[threats]]\nlabel = "plain"\n'
+    text = BASE.replace("batch_sizes = [1, 4]", 'batch_sizes = [1]\ndata = "skimage"\nsize = 8')
+    grid = load_grid(_grid(tmp_path, text + threats + '[[defenses]]\nname = "none"\n'))
+    cells = {c.config["threat_label"]: c for c in grid.cells}
+    assert cells["flips"].config["threat"]["augmentation"] == "flip"
+    assert "augmentation" not in cells["plain"].config["threat"]  # quiet: older grids keep their keys
+    rows = run_cell(cells["flips"].config)["rows"]
+    # against the augmented image: exact; against the photograph: worse wherever the client flipped it
+    assert all(r["encoding_psnr"] > 60 for r in rows)
+    assert any(r["psnr"] < 40 for r in rows), [r["psnr"] for r in rows]

@@ -226,6 +226,11 @@ def test_pretrained_cells_attack_the_trained_model() -> None:
     for name, value in trained.state_dict().items():
         assert torch.equal(attacked.state_dict()[name], value)
     assert not torch.equal(attacked.state_dict()["net.1.weight"], initial.state_dict()["net.1.weight"])
+    # the cell's observation says the model was trained, and how
+    record = attacked.gradinv_training[0]
+    assert (record["epochs"], record["n_train"], record["lr"]) == (1, 240, 0.05) and initial.__dict__.get(
+        "gradinv_training"
+    ) is None
 
 
 def test_the_ranking_calls_defenses_protective_under_the_grids_threshold() -> None:

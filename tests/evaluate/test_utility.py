@@ -50,3 +50,30 @@ def test_utility_rejects_bad_settings() -> None:
         gi.evaluate.utility(_mlp, "digits", [], n=20, size=8, batch_size=64)
     with pytest.raises(TypeError, match="gi.defenses"):
         gi.evaluate.utility(_mlp, "digits", ["prune"], size=8)  # type: ignore[list-item]
+
+
+def test_pretrain_returns_a_trained_copy_whose_training_every_observation_records(tmp_path) -> None:
+    import torch
+
+    # Prepare: an MLP at initialisation, 8x8 digits
+    model = _mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # Execute: two epochs, then one more on top; observe one digit with the trained model
+    trained = gi.evaluate.pretrain(model, "digits", 2, n=1797, size=8, lr=0.02, normalization=NORM, seed=0)
+    again = gi.evaluate.pretrain(trained, "digits", 1, n=1797, size=8, lr=0.02, normalization=NORM, seed=1)
+    images, labels = gi.data.load("digits", n=1, size=8, channels=1, seed=3)
+    obs = gi.observe(again, images, labels)
+    loaded = gi.Observation.load(obs.save(tmp_path / "obs"))
+    # Assert: the original is untouched and untrained (no record); the copy learned (chance 0.1) and says how
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not hasattr(model, "gradinv_training") and gi.observe(model, images, labels).model_training == []
+    record = trained.gradinv_training[0]
+    assert record["epochs"] == 2 and record["steps"] == 2 * (1438 // 32) and record["lr"] == 0.02
+    assert record["dataset"] == "digits" and record["test_accuracy"] > 0.8 and record["seed"] == 0
+    assert not torch.equal(trained.state_dict()["net.1.weight"], model.state_dict()["net.1.weight"])
+    assert [r["epochs"] for r in obs.model_training] == [2, 1] and loaded.model_training == obs.model_training
+    assert trained.training == model.training
+    # the trained copy is what the client trains from: its update differs from the initialisation's
+    assert not torch.equal(obs.update["net.1.weight"], gi.observe(model, images, labels).update["net.1.weight"])
+    with pytest.raises(TypeError, match="epochs"):
+        gi.evaluate.pretrain(model, "digits", 1.5, size=8)  # type: ignore[arg-type]
