@@ -71,6 +71,7 @@ def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[
         config = cells[0]["config"]
         row.update(
             adaptive=bool(config.get("attack_options", {}).get("adaptive")),
+            augmentation=config.get("threat", {}).get("augmentation", "none"),
             defenses=[str(name) for name, _ in config.get("defenses", [])],
             cells=len(cells),
             failed=len(cells) - len(done),

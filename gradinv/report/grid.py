@@ -9,7 +9,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from gradinv.attacks.adaptive import ADAPTABLE
+from gradinv.attacks.adaptive import ADAPTABLE, TRANSFORMS
 from gradinv.evaluate.grid import Grid, attack_label
 from gradinv.evaluate.results import COLUMNS, table
 from gradinv.evaluate.store import Store
@@ -30,7 +30,12 @@ def ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_PSNR) -> li
     ``"unverified"`` (under ``protected`` dB, but only attacks that ignore the defense were run against it: adaptive
     attacks broke Soteria, dropout, clipping and quantisation here, docs/adaptive.md), ``"leaks"``. Protective ones
     first by accuracy (highest first), then unverified ones by accuracy, then the rest by worst case (lowest first).
-    ``by`` names the worst case's attack, marked ``(adaptive)`` where it was one."""
+    ``by`` names the worst case's attack, marked ``(adaptive)`` where it was one.
+
+    Where the client trained on its images moved, mirrored or recoloured (ATS's policies, ``ThreatModel.augmentation``),
+    an image recovered as the client saw it is the private image: the PSNR against that transformed batch
+    (``encoding_psnr``) counts as leakage too, marked ``vs the transformed images``. MixUp/InstaHide encodings mix
+    several images and need a decoding step: they only add a note (``encodings``)."""
     per: dict[str, dict[str, Any]] = {}
     for row in rows:
         if row["psnr"] is None:
@@ -48,12 +53,16 @@ def ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_PSNR) -> li
         )
         adaptive = bool(row.get("adaptive"))
         entry["adaptive_run"] = entry["adaptive_run"] or adaptive
-        if row["psnr"] > entry["worst"]:
+        transformed = row.get("augmentation", "none") != "none" or any(n in TRANSFORMS for n in names)
+        leak, against = row["psnr"], ""
+        if transformed and row["encoding_psnr"] is not None and row["encoding_psnr"] > leak:
+            leak, against = row["encoding_psnr"], " vs the transformed images"
+        if leak > entry["worst"]:
             by = f"{row['attack']} (adaptive)" if adaptive else row["attack"]
-            entry.update(worst=row["psnr"], by=by, threat=row["threat_label"])
+            entry.update(worst=leak, by=by + against, threat=row["threat_label"])
         if row["accuracy"] is not None:
             entry["accuracy"] = row["accuracy"]
-        if row["encoding_psnr"] is not None and row["encoding_psnr"] > entry.get("encodings", -1e9):
+        if not transformed and row["encoding_psnr"] is not None and row["encoding_psnr"] > entry.get("encodings", -1e9):
             entry["encodings"] = row["encoding_psnr"]
     for entry in per.values():
         if entry["worst"] >= protected:
@@ -198,7 +207,8 @@ def write_report(store: Store, folder: Path, name: str, protected: float = PROTE
 <style>{STYLE}table{{font-size:12px}}</style></head><body>
 <h1>Gradient inversion grid: {html.escape(name)}</h1>
 <p>{len(recorded)} cells recorded, {len(failed)} failed. PSNR in dB against the private images (mean and std over
-all images and seeds); <i>encoding_psnr</i>: against the encodings a MixUp/InstaHide client trained on;
+all images and seeds); <i>encoding_psnr</i>: against what the client trained on (MixUp/InstaHide encodings, ATS's
+transformed images, the augmented batch);
 <i>cost_seconds</i>: estimated time to recover the client's whole dataset (inversions times seconds per
 inversion, Huang et al. 2021 Sec. 6); <i>matched</i>: share of images the attack returned an image for.</p>
 <h2>What this means</h2>

@@ -361,3 +361,11 @@ def test_an_augmenting_clients_cell_is_scored_against_what_it_trained_on(tmp_pat
     # against the augmented image: exact; against the photograph: worse wherever the client flipped it
     assert all(r["encoding_psnr"] > 60 for r in rows)
     assert any(r["psnr"] < 40 for r in rows), [r["psnr"] for r in rows]
+    # through the store: the grid's table knows the cell's augmentation, and the ranking counts the flipped images
+    from gradinv.evaluate.results import load_table
+    from gradinv.report.grid import ranking
+
+    by_threat = {r["threat_label"]: r for r in load_table(gi.evaluate.evaluate(grid, tmp_path / "out"))}
+    assert by_threat["flips"]["augmentation"] == "flip" and by_threat["plain"]["augmentation"] == "none"
+    worst = ranking([by_threat["flips"]], protected=50.0)[0]
+    assert worst["status"] == "leaks" and worst["by"].endswith("vs the transformed images")
