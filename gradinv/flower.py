@@ -350,10 +350,24 @@ class SGDClient(NumPyClient):
         batch_size: int | None,
         threat: ThreatModel,
     ) -> None:
+        self.check_threat(threat)
         self.model, self.images, self.labels, self.partition_id = model, images, labels, partition_id
         self.threat = replace(
             threat, update="fedavg", local_steps=local_steps, local_lr=lr, local_batch_size=batch_size
         )
+
+    @staticmethod
+    def check_threat(threat: ThreatModel) -> None:
+        """Refuses what this client does not simulate: it trains on its images in order and as they are.
+
+        Raises:
+            ValueError: ``threat.augmentation`` or ``threat.local_shuffle`` set.
+        """
+        if threat.augmentation != "none" or threat.local_shuffle:
+            raise ValueError(
+                "the simulated Flower client trains on its images in order and as they are: use augmentation='none' "
+                "and local_shuffle=False (gi.observe simulates augmenting and shuffling clients)"
+            )
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
         from gradinv.fl.client import compute_update, normalize
@@ -398,6 +412,7 @@ def simulate(
     if len(clients) < 2:
         raise ValueError(f"a Flower simulation here needs >= 2 clients, got {len(clients)}")
     threat = threat or ThreatModel()
+    SGDClient.check_threat(threat)
     initial = ndarrays_to_parameters([v.detach().numpy() for v in model.state_dict().values()])
     user_strategy = strategy.inner if isinstance(strategy, CuriousStrategy) else strategy
     if isinstance(user_strategy, FedAvg) and user_strategy.initial_parameters is None:

@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
+import torch  # noqa: E402
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters  # noqa: E402
 from flwr.server.client_manager import SimpleClientManager  # noqa: E402
 from flwr.server.strategy import FedAvg  # noqa: E402
@@ -104,3 +105,11 @@ def test_a_gradient_reply_and_a_weight_reply_are_both_read_exactly(tmp_path) -> 
 def test_the_wrapper_rejects_what_is_not_a_strategy(tmp_path) -> None:
     with pytest.raises(TypeError, match="Flower Strategy"):
         flower.CuriousStrategy(object(), model=gi.models.make("mlp"), image_shape=(3, 32, 32), out=tmp_path / "x")
+
+
+def test_the_simulation_refuses_client_training_it_does_not_simulate() -> None:
+    model = gi.models.make("mlp", image_shape=(1, 8, 8), hidden=(8,))
+    clients = [(torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))] * 2
+    for threat in (gi.ThreatModel(augmentation="flip"), gi.ThreatModel(update="fedavg", local_shuffle=True)):
+        with pytest.raises(ValueError, match="in order and as they are"):
+            flower.simulate(object(), model, clients, threat=threat)  # type: ignore[arg-type]

@@ -465,6 +465,8 @@ def vertical_conflict(threat: ThreatModel, chain: list[Any], normalization: str)
         return "vertical FL here has an honest server observing each iteration's gradient (server, update)"
     if normalization != "none":
         return "the vertical parties see raw pixels: the grid's normalization must be 'none'"
+    if threat.augmentation != "none":
+        return "the vertical parties train on their strips as they are: augmentation does not apply to cafe"
     try:
         check_vertical_defenses([defenses.make(name, **params) for name, params in chain])
     except ValueError as err:

@@ -181,7 +181,7 @@ def observe(
         images: ``(N, C, H, W)`` private pixel images in [0, 1].
         labels: ``(N,)`` int64 private labels.
         threat: the threat model (default: ``ThreatModel()``).
-        seed: seeds the client's randomness (dropout, defense noise).
+        seed: seeds the client's randomness (dropout, PRECODE's latent, defense noise, augmentation draws).
         defenses: applied in order to the update before it is shared; their configurations go into the observation
             (the server knows which defense the protocol runs).
         client_data: the client's whole training set ``(images, labels)`` (the batch's images may be part of it),

@@ -61,7 +61,8 @@ def observe_text(
         device: where the client computes its gradient; the observation comes back on the CPU.
 
     Raises:
-        ValueError: an unknown task, missing or misaligned labels, no sentences, or a FedAvg threat.
+        ValueError: an unknown task, missing or misaligned labels, no sentences, a FedAvg threat, or image
+            augmentation.
         TypeError: texts that are not strings, or a defense that changes the client's training or data (other than
             ``dpsgd``).
     """
@@ -71,6 +72,8 @@ def observe_text(
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if threat.update != "gradient":
         raise ValueError("text clients share one gradient here: ThreatModel(update='gradient')")
+    if threat.augmentation != "none":
+        raise ValueError(f"augmentation={threat.augmentation!r} flips and crops images; a text client has none")
     if isinstance(texts, str) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
         raise TypeError("texts must be a non-empty list of non-empty strings")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:

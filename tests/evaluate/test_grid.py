@@ -232,6 +232,10 @@ name = "cafe"
             '[[threats]]\nlabel = "fedavg"\nknows_labels = true\nupdate = "fedavg"\n[[defenses]]\nname = "none"\n',
             "honest server observing",
         ),
+        (
+            '[[threats]]\nlabel = "flips"\nknows_labels = true\naugmentation = "flip"\n[[defenses]]\nname = "none"\n',
+            "augmentation does not apply",
+        ),
     ],
 )
 def test_impossible_vertical_cells_are_rejected(tmp_path: Path, extra: str, reason: str) -> None:

@@ -59,6 +59,8 @@ def test_text_client_refuses_what_it_does_not_simulate(tokenizer, reviews) -> No
         observe_text(model, tokenizer, texts, labels, defenses=[gi.defenses.make("precode")])
     with pytest.raises(ValueError, match="task"):
         observe_text(model, tokenizer, texts, labels, task="translation")
+    with pytest.raises(ValueError, match="a text client has none"):
+        observe_text(model, tokenizer, texts, labels, threat=gi.ThreatModel(augmentation="flip"))
 
 
 def test_gradient_defenses_apply_to_the_text_update(tokenizer, reviews) -> None:
