@@ -146,8 +146,10 @@ def run_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         steps.append(len(rec.trace))
         rows += image_rows(scores, rec.images, shown, batch, batch * b, x.shape[0], by_match)
     rows.sort(key=lambda r: r["image"])
+    summary = _summary(rows, seconds, steps, label_counts, evidence, b, config["client_images"], chain)
+    summary["model_training"] = observed.model_training  # how the broadcast model was trained (empty: not at all)
     return {
-        "summary": _summary(rows, seconds, steps, label_counts, evidence, b, config["client_images"], chain),
+        "summary": summary,
         "rows": rows,
         "originals": images,
         "reconstructions": shown,

@@ -373,3 +373,17 @@ def test_an_augmenting_clients_cell_is_scored_against_what_it_trained_on(tmp_pat
     assert by_threat["flips"]["augmentation"] == "flip" and by_threat["plain"]["augmentation"] == "none"
     worst = ranking([by_threat["flips"]], protected=50.0)[0]
     assert worst["status"] == "leaks" and worst["by"].endswith("vs the transformed images")
+
+
+def test_a_pretrained_cell_records_how_its_model_was_trained(tmp_path: Path) -> None:
+    from gradinv.evaluate.cells import run_cell
+
+    text = BASE.replace(
+        "images = 4\nbatch_sizes = [1, 4]", 'images = 2\nbatch_sizes = [1]\ndata = "digits"\nsize = 8\nchannels = 1'
+    )
+    text = text.replace("hidden = [32]\n", 'hidden = [16]\nlabel = "trained"\npretrain_epochs = 1\n')
+    text += '[utility]\ndataset = "digits"\nn = 300\n[[defenses]]\nname = "none"\n'
+    cell = load_grid(_grid(tmp_path, text)).cells[0]
+    trained = run_cell(cell.config)["summary"]["model_training"]
+    fresh = run_cell({**cell.config, "pretrain_epochs": 0})["summary"]["model_training"]
+    assert len(trained) == 1 and trained[0]["epochs"] == 1 and trained[0]["n_train"] == 240 and fresh == []
