@@ -133,18 +133,23 @@ def run(
         **config.model_options,
     )
     if config.pretrain_epochs:
-        model = pretrain(
-            model,
-            config.data,
-            config.pretrain_epochs,
-            n=config.pretrain_images,
-            size=config.size,
-            channels=config.channels,
-            root=config.root,
-            normalization=config.threat.normalization,
-            seed=config.seed,
-            device=device,
-        )
+        try:
+            model = pretrain(
+                model,
+                config.data,
+                config.pretrain_epochs,
+                n=config.pretrain_images,
+                size=config.size,
+                channels=config.channels,
+                root=config.root,
+                normalization=config.threat.normalization,
+                seed=config.seed,
+                device=device,
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"pretraining on {config.data!r} ({config.pretrain_images} images, --pretrain-images): {err}"
+            ) from err
     pool = client_training_set(
         client_defenses,
         config.data,

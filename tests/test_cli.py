@@ -202,6 +202,8 @@ def test_pretrained_model_is_recorded_in_the_run_and_its_report(tmp_path) -> Non
     assert len(training) == 1 and training[0]["epochs"] == 1 and training[0]["n_train"] == 320
     assert "trained before this round" in (out / "report.html").read_text()
     assert json.loads((out / "observation" / "observation.json").read_text())["model_training"] == training
+    small = runner.invoke(app, ["attack", "--out", str(tmp_path / "small"), "--size", "16", "--pretrain-epochs", "1"])
+    assert small.exit_code != 0 and "--pretrain-images" in small.output and "18 images" in small.output
 
 
 def test_augmenting_client_is_scored_against_its_data_and_its_augmented_batch(tmp_path) -> None:
