@@ -6,7 +6,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -76,6 +76,7 @@ def utility(
     normalization: Normalization | None = None,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    server_optimizer: Literal["sgd", "adam"] = "sgd",
     device: str | torch.device | None = None,
 ) -> Utility:
     """Train a fresh model as defended clients would, then measure its test accuracy.
@@ -96,6 +97,8 @@ def utility(
         size, channels, root: as for :func:`gradinv.data.load`.
         batch_size: the client's mini-batch (incomplete last batches are dropped).
         lr, momentum: the server's SGD on the shared updates.
+        server_optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"`` (Adam at ``lr``, PyTorch's betas; FedAdam's
+            server step with one client, Reddi et al., ICLR 2021; the optimiser PRECODE's code trains with).
         normalization: the client's input normalisation (as in :class:`gradinv.ThreatModel`).
         seed: seeds the split, the batch order, the defenses' draws and the model's own (dropout masks, PRECODE's
             latent, which it draws at test time too): the same seed gives the same accuracy.
@@ -115,6 +118,8 @@ def utility(
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if not 0 <= momentum < 1 or not lr > 0:
         raise ValueError(f"lr must be > 0 and momentum in [0, 1), got lr={lr!r}, momentum={momentum!r}")
+    if server_optimizer not in ("sgd", "adam"):
+        raise ValueError(f"server_optimizer must be 'sgd' or 'adam', got {server_optimizer!r}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     if batch_size < 1:
@@ -134,7 +139,11 @@ def utility(
     train_x, train_y, test_x, test_y = _split(images, labels, test_fraction, seed)
     threat = ThreatModel(normalization=normalization, bn_mode="train")
     names = [name for name, _ in model.named_parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    optimizer = (
+        torch.optim.Adam(model.parameters(), lr=lr)
+        if server_optimizer == "adam"
+        else torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    )
     generator = torch.Generator().manual_seed(seed)
     per_epoch = train_x.shape[0] // batch_size
     if per_epoch == 0:
@@ -210,6 +219,7 @@ def pretrain(
     normalization: Normalization | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
+    server_optimizer: Literal["sgd", "adam"] = "sgd",
 ) -> nn.Module:
     """A trained copy of ``model``: the broadcast model of a later FL round rather than a fresh initialisation
     (realistic clients, Carletti et al.'s SoK and Du et al.: trained models leak less). Clean training, no defense,
@@ -244,6 +254,7 @@ def pretrain(
         normalization=normalization,
         seed=seed,
         device=device,
+        server_optimizer=server_optimizer,
     )
     trained = result.model
     assert trained is not None
@@ -257,6 +268,7 @@ def pretrain(
         "batch_size": batch_size,
         "lr": lr,
         "momentum": momentum,
+        "optimizer": server_optimizer,
         "seed": seed,
         "test_accuracy": result.accuracy,
         "n_test": result.n_test,

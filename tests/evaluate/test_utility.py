@@ -77,3 +77,19 @@ def test_pretrain_returns_a_trained_copy_whose_training_every_observation_record
     assert not torch.equal(obs.update["net.1.weight"], gi.observe(model, images, labels).update["net.1.weight"])
     with pytest.raises(TypeError, match="epochs"):
         gi.evaluate.pretrain(model, "digits", 1.5, size=8)  # type: ignore[arg-type]
+
+
+def test_the_server_can_step_with_adam() -> None:
+    runs = {
+        opt: gi.evaluate.utility(
+            _mlp, "digits", [], 2, n=1797, size=8, normalization=NORM, lr=1e-3 if opt == "adam" else 0.05,
+            server_optimizer=opt,
+        )
+        for opt in ("sgd", "adam")
+    }  # fmt: skip
+    assert runs["adam"].accuracy > 0.8 and runs["adam"].accuracy != runs["sgd"].accuracy
+    # Adam at lr 0.5 overshoots where 1e-3 learns: the optimiser is really used
+    assert gi.evaluate.utility(_mlp, "digits", [], 2, n=1797, size=8, normalization=NORM, server_optimizer="adam",
+                               lr=0.5).accuracy < runs["adam"].accuracy  # fmt: skip
+    with pytest.raises(ValueError, match="server_optimizer"):
+        gi.evaluate.utility(_mlp, "digits", [], size=8, server_optimizer="rmsprop")  # type: ignore[arg-type]
