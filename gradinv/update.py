@@ -138,11 +138,18 @@ def compute_update(
     return [p0 - w for p0, w in zip(params, weights, strict=True)]
 
 
+def local_epochs(n: int, threat: ThreatModel) -> int:
+    """How many passes over its ``n`` samples the client's update makes: 1 for a gradient, else as many epochs as
+    ``threat.local_steps`` steps over its mini-batches touch."""
+    if threat.update == "gradient":
+        return 1
+    return math.ceil(threat.local_steps / len(minibatches(n, threat.local_batch_size)))
+
+
 def epoch_orders(n: int, threat: ThreatModel, generator: torch.Generator) -> list[torch.Tensor]:
     """A shuffling client's data order: a fresh permutation of its ``n`` samples, drawn from its private
-    ``generator``, for each local epoch its ``threat.local_steps`` steps touch."""
-    epochs = math.ceil(threat.local_steps / len(minibatches(n, threat.local_batch_size)))
-    return [torch.randperm(n, generator=generator) for _ in range(epochs)]
+    ``generator``, for each local epoch its ``threat.local_steps`` steps touch (:func:`local_epochs`)."""
+    return [torch.randperm(n, generator=generator) for _ in range(local_epochs(n, threat))]
 
 
 def minibatches(n: int, batch_size: int | None) -> list[slice]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+import gradinv as gi
 
 
 def tiny_mlp(image_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10, seed: int = 0) -> nn.Module:
@@ -30,3 +34,14 @@ def rank_mod(matrix: object, modulus: int) -> int:
                 rows[r] = [(a - f * b) % modulus for a, b in zip(rows[r], rows[rank], strict=True)]
         rank += 1
     return rank
+
+
+def plain_and_adaptive(observation: gi.Observation, attack: str, **options: Any) -> dict[bool, gi.Reconstruction]:
+    """``attack`` run on ``observation`` twice from the same seed: ignoring the recorded defenses (``False``) and
+    adapted to them (``adaptive=True``)."""
+    return {a: gi.attacks.make(attack, adaptive=a, **options).reconstruct(observation) for a in (False, True)}
+
+
+def psnrs(runs: dict[bool, gi.Reconstruction], images: torch.Tensor, labels: torch.Tensor) -> dict[bool, float]:
+    """Each run's PSNR against the private batch."""
+    return {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}

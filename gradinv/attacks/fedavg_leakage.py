@@ -13,7 +13,7 @@ from gradinv.attacks.base import Attack, Callback, Result, attacker_device, atta
 from gradinv.attacks.objectives import cosine_distance, total_variation
 from gradinv.fl.client import denormalize, normalize
 from gradinv.observation import Observation
-from gradinv.update import compute_update, minibatches
+from gradinv.update import compute_update, local_epochs
 from gradinv.validation import check_arguments, check_positive_int, check_seed
 
 
@@ -96,8 +96,7 @@ class FedAvgLeakage(Attack):
         if labels is None:
             labels, source = label_recovery.recover_with_source(self.label_strategy, observation, n)
         labels = labels.to(device)
-        batches = minibatches(n, threat.local_batch_size)
-        epochs = math.ceil(threat.local_steps / len(batches))
+        epochs = local_epochs(n, threat)
         generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same starts on every device
         x = torch.randn((epochs, n, *observation.image_shape), generator=generator).to(device).requires_grad_(True)
         channels = observation.image_shape[0]

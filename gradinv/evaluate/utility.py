@@ -118,8 +118,6 @@ def utility(
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if not 0 <= momentum < 1 or not lr > 0:
         raise ValueError(f"lr must be > 0 and momentum in [0, 1), got lr={lr!r}, momentum={momentum!r}")
-    if server_optimizer not in ("sgd", "adam"):
-        raise ValueError(f"server_optimizer must be 'sgd' or 'adam', got {server_optimizer!r}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     if batch_size < 1:
@@ -236,8 +234,7 @@ def pretrain(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
-        raise TypeError(f"epochs must be an integer, got {epochs!r}")
+    check_call("pretrain", pretrain, {k: v for k, v in locals().items() if k not in ("model", "dataset", "device")})
     result = utility(
         lambda: copy.deepcopy(model),
         dataset,

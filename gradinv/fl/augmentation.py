@@ -6,12 +6,10 @@ saw in that position or orientation (realistic clients, Carletti et al.'s SoK; V
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from gradinv.observation import ThreatModel
-from gradinv.update import minibatches
+from gradinv.update import local_epochs
 
 SEED_SALT = 0x5DEECE66D
 """Mixed into the observation's seed for the augmentation's own generator, so adding augmentation leaves every other
@@ -47,27 +45,23 @@ def augment(images: torch.Tensor, kind: str, generator: torch.Generator) -> torc
     return torch.stack(crops)
 
 
-def local_epochs(n: int, threat: ThreatModel) -> int:
-    """How many passes over its ``n`` samples the client's update makes: 1 for a gradient, else as many epochs as
-    ``threat.local_steps`` steps over its mini-batches touch."""
-    if threat.update == "gradient":
-        return 1
-    return math.ceil(threat.local_steps / len(minibatches(n, threat.local_batch_size)))
+def _generator(seed: int) -> torch.Generator:
+    """The augmentation's own generator for the observation's ``seed`` (mixed with :data:`SEED_SALT`)."""
+    return torch.Generator().manual_seed((seed ^ SEED_SALT) % 2**63)
 
 
 def augmented_epochs(images: torch.Tensor, threat: ThreatModel, seed: int) -> tuple[torch.Tensor, int]:
     """What an augmenting client trains on: for each pass over its data a fresh draw of every image
     (:func:`augment`), stacked epoch after epoch (``(E * N, C, H, W)``), and ``E``. Seeded by the observation's
     ``seed`` (mixed with :data:`SEED_SALT`), so evaluation code gets the client's very draws."""
-    epochs = local_epochs(images.shape[0], threat)
     if threat.augmentation == "none":
         return images, 1
-    generator = torch.Generator().manual_seed((seed ^ SEED_SALT) % 2**63)
+    epochs, generator = local_epochs(images.shape[0], threat), _generator(seed)
     return torch.cat([augment(images, threat.augmentation, generator) for _ in range(epochs)]), epochs
 
 
 def augmented_batch(images: torch.Tensor, threat: ThreatModel, seed: int) -> torch.Tensor:
-    """The images as the client's first pass (its only one for a gradient) saw them: for evaluation, to score a
-    reconstruction against what the client actually trained on as well as against its data."""
-    copies, _ = augmented_epochs(images, threat, seed)
-    return copies[: images.shape[0]]
+    """The images as the client's first pass (its only one for a gradient) saw them, the first draw of
+    :func:`augmented_epochs`: for evaluation, to score a reconstruction against what the client actually trained on
+    as well as against its data."""
+    return augment(images, threat.augmentation, _generator(seed))

@@ -13,6 +13,7 @@ from gradinv.attacks.adaptive import (
     noise_prior,
     support_masks,
 )
+from tests.helpers import plain_and_adaptive, psnrs
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +38,7 @@ def test_the_adaptive_view_keeps_only_what_the_defense_let_through(pruned) -> No
 
 def test_adaptive_idlg_matches_the_surviving_entries_where_the_plain_one_cannot(pruned) -> None:
     obs, images, labels = pruned
-    plain, adaptive = (
-        gi.attacks.make("idlg", steps=30, line_search="strong_wolfe", adaptive=a).reconstruct(obs)
-        for a in (False, True)
-    )
+    plain, adaptive = plain_and_adaptive(obs, "idlg", steps=30, line_search="strong_wolfe").values()
     # the plain attack asks the trial gradient to vanish where the defense cut it and stalls far from the update;
     # the adaptive one matches what was shared (here the 1,007 equations still leave the image undetermined for
     # L-BFGS: 7.2 dB, see the issue note; the objective is what proves the adaptation)
@@ -50,12 +48,7 @@ def test_adaptive_idlg_matches_the_surviving_entries_where_the_plain_one_cannot(
 
 def test_adaptive_inverting_gradients_recovers_more_of_the_image(pruned) -> None:
     obs, images, labels = pruned
-    psnr = {
-        a: gi.metrics.score(
-            gi.attacks.make("inverting_gradients", steps=1000, adaptive=a).reconstruct(obs), images, labels
-        )["psnr"]
-        for a in (False, True)
-    }
+    psnr = psnrs(plain_and_adaptive(obs, "inverting_gradients", steps=1000), images, labels)
     assert psnr[True] > psnr[False] + 4.0, psnr  # measured 15.0 against 7.4 dB
 
 
@@ -94,12 +87,7 @@ def test_adaptive_attack_breaks_soteria() -> None:
     images, labels = gi.data.load("skimage", indices=[1], size=16)
     obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("soteria", pruning_rate=80.0)])
     # Execute
-    psnr = {
-        a: gi.metrics.score(
-            gi.attacks.make("inverting_gradients", steps=1000, adaptive=a).reconstruct(obs), images, labels
-        )["psnr"]
-        for a in (False, True)
-    }
+    psnr = psnrs(plain_and_adaptive(obs, "inverting_gradients", steps=1000), images, labels)
     # Assert: the defense holds against the attack that ignores it and falls to the one that does not (measured 7.0
     # against 31.7 dB; adaptive iDLG reaches 63.6 dB)
     assert psnr[False] < 12 and psnr[True] > psnr[False] + 15, psnr
@@ -132,8 +120,8 @@ def test_adaptive_attacks_under_noise_use_the_posterior(
     noise = gi.defenses.make("noise", std=1e-2, distribution=distribution)
     obs = gi.observe(model, images, labels, seed=0, defenses=[noise])
     # Execute
-    runs = {a: gi.attacks.make(attack, adaptive=a, **options).reconstruct(obs) for a in (False, True)}
-    psnr = {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}
+    runs = plain_and_adaptive(obs, attack, **options)
+    psnr = psnrs(runs, images, labels)
     # Assert: the attack that ignores the noise fits it; the posterior (the noise's likelihood and the prior weighted
     # by the noise's scale) does better
     weight = 2 * 1e-4 if distribution == "gaussian" else 1e-2 / 2**0.5

@@ -17,6 +17,7 @@ from gradinv.attacks.adaptive import (
     noise_prior,
     quantization_cells,
 )
+from tests.helpers import plain_and_adaptive, psnrs
 
 
 def test_the_adaptive_trial_update_is_dpsgd_s_clipping() -> None:
@@ -41,11 +42,8 @@ def test_adaptive_idlg_computes_its_trial_through_dpsgd_s_clipping() -> None:
     dp = gi.defenses.make("dpsgd", noise_multiplier=0.0, max_grad_norm=0.1)
     obs = gi.observe(model, images, labels, seed=0, defenses=[dp])
     # Execute
-    runs = {
-        a: gi.attacks.make("idlg", steps=50, line_search="strong_wolfe", adaptive=a).reconstruct(obs)
-        for a in (False, True)
-    }
-    psnr = {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}
+    runs = plain_and_adaptive(obs, "idlg", steps=50, line_search="strong_wolfe")
+    psnr = psnrs(runs, images, labels)
     # Assert: matching the clipped update with an unclipped trial fails; clipping the trial too recovers the image
     # (measured 5.6 against 38.6 dB)
     assert psnr[False] < 10 and psnr[True] > 30, psnr
@@ -82,12 +80,7 @@ def test_adaptive_dlg_breaks_dpsgd_clipping_over_fedavg() -> None:
     dp = gi.defenses.make("dpsgd", noise_multiplier=0.0, max_grad_norm=0.1)
     obs = gi.observe(model, images, labels, seed=0, defenses=[dp], threat=threat)
     # Execute
-    psnr = {
-        a: gi.metrics.score(
-            gi.attacks.make("idlg", steps=50, line_search="strong_wolfe", adaptive=a).reconstruct(obs), images, labels
-        )["psnr"]
-        for a in (False, True)
-    }
+    psnr = psnrs(plain_and_adaptive(obs, "idlg", steps=50, line_search="strong_wolfe"), images, labels)
     # Assert: the unclipped trial fails, the trial through the client's clipped local steps recovers the cat
     assert psnr[False] < 12 and psnr[True] > 25, psnr
 
@@ -120,8 +113,8 @@ def test_adaptive_inverting_gradients_matches_the_quantisation_cells() -> None:
     model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
     images, labels = gi.data.load("skimage", indices=[1], size=16)
     obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("quantize", bits=2)])
-    runs = {a: gi.attacks.make("inverting_gradients", steps=1000, adaptive=a).reconstruct(obs) for a in (False, True)}
-    psnr = {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}
+    runs = plain_and_adaptive(obs, "inverting_gradients", steps=1000)
+    psnr = psnrs(runs, images, labels)
     # 2 bits: three levels per tensor; matching the cells instead of the levels: measured 6.5 against 17.6 dB
     assert runs[True].info["adaptive_distance"] == "cell_distance" and psnr[True] > psnr[False] + 6, psnr
 
@@ -133,11 +126,8 @@ def test_adaptive_idlg_optimises_the_dropout_masks() -> None:
     images, labels = gi.data.load("skimage", indices=[1], size=16)
     obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("dropout", p=0.5)])
     # Execute
-    runs = {
-        a: gi.attacks.make("idlg", steps=50, line_search="strong_wolfe", adaptive=a).reconstruct(obs)
-        for a in (False, True)
-    }
-    psnr = {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}
+    runs = plain_and_adaptive(obs, "idlg", steps=50, line_search="strong_wolfe")
+    psnr = psnrs(runs, images, labels)
     # Assert: fresh random masks defeat the plain attack; optimising them (Scheliga et al.) recovers the image
     # (measured 7.1 against 46.1 dB); the observation's model is left without masks
     assert runs[True].info["private_draws"] == "optimised" and psnr[False] < 12 and psnr[True] > 30, psnr
@@ -157,8 +147,8 @@ def test_adaptive_inverting_gradients_matches_the_orthant_of_the_shared_signs() 
     # a zero sign (a unit that passed no gradient) asks for an exact zero
     assert float(cone_distance([torch.tensor([1.0, 1.0])], [torch.tensor([1.0, 0.0])])) == pytest.approx(0.5)
     # Execute
-    runs = {a: gi.attacks.make("inverting_gradients", steps=1000, adaptive=a).reconstruct(obs) for a in (False, True)}
-    psnr = {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}
+    runs = plain_and_adaptive(obs, "inverting_gradients", steps=1000)
+    psnr = psnrs(runs, images, labels)
     # Assert: matching the orthant, not the +-1 vector: measured 6.6 against 21.4 dB
     assert runs[True].info["adaptive_distance"] == "cone_distance" and psnr[True] > psnr[False] + 8, psnr
 
@@ -169,8 +159,8 @@ def test_adaptive_inverting_gradients_optimises_the_dropout_masks_too() -> None:
     model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
     images, labels = gi.data.load("skimage", indices=[1], size=16)
     obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("dropout", p=0.5)])
-    runs = {a: gi.attacks.make("inverting_gradients", steps=1000, adaptive=a).reconstruct(obs) for a in (False, True)}
-    psnr = {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}
+    runs = plain_and_adaptive(obs, "inverting_gradients", steps=1000)
+    psnr = psnrs(runs, images, labels)
     assert psnr[True] > psnr[False] + 6, psnr  # measured 7.3 against 19.5 dB
 
 
@@ -186,10 +176,7 @@ def test_adaptive_idlg_undoes_the_ats_policy_on_what_it_recovers() -> None:
     obs = gi.observe(model, images, labels, seed=0, defenses=[defense])
     encoded, _ = encode_batch(images, labels, 10, [defense], seed=0)
     # Execute
-    plain, adaptive = (
-        gi.attacks.make("idlg", steps=50, line_search="strong_wolfe", adaptive=a).reconstruct(obs)
-        for a in (False, True)
-    )
+    plain, adaptive = plain_and_adaptive(obs, "idlg", steps=50, line_search="strong_wolfe").values()
     # Assert: the plain attack recovers the transformed photograph (ATS hides nothing from the inversion), far from
     # the photograph itself; the adaptive one undoes the policy: the part of the cat the shift kept comes back
     assert float(gi.metrics.psnr(plain.images, encoded)) > 30.0
