@@ -32,9 +32,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from gradinv import attacks, data, defenses, metrics, report
+from gradinv import attacks, data, defenses, report
 from gradinv.analysis import applicable_attacks
 from gradinv.attacks.base import Attack, Callback
+from gradinv.evaluate.cells import score_run
 from gradinv.fl.client import num_outputs, observe
 from gradinv.models.user import load_model
 from gradinv.observation import Observation, Reconstruction, ThreatModel
@@ -205,7 +206,7 @@ def audit(
             )
             observations[key].save(folder / ("observation" if key == "shared" else f"observation-{name}"))
         rec = attack.reconstruct(observations[key], callback=progress(name) if progress else None, device=device)
-        results[name] = (rec, metrics.score(rec, images, labels))
+        results[name] = (rec, score_run(rec, images, labels, config.threat, config.seed))
         if not config.run_all and certified(rec, config.batch_size):
             break
     last = next(reversed(results))
@@ -240,16 +241,17 @@ def audit(
 def _verdict(
     results: dict[str, tuple[Reconstruction, dict[str, Any]]], batch_size: int, budget: str | None
 ) -> dict[str, Any]:
-    """Per original image, the best PSNR any attack reached (``None``: no attack returned an image for it); how many
-    exceed :data:`PROTECTED_PSNR`; which attacks certified the whole batch. A lower bound: ``budget`` names the
-    optimisation attack's budget when it ran."""
+    """Per original image, the best PSNR any attack reached (``None``: no attack returned an image for it), against
+    the image as it is or, for an augmenting client, as the client's pass saw it (flipped or shifted, it is the
+    image); how many exceed :data:`PROTECTED_PSNR`; which attacks certified the whole batch. A lower bound:
+    ``budget`` names the optimisation attack's budget when it ran."""
     best: list[float | None] = [None] * batch_size
     for _, scores in results.values():
-        for entry in scores["per_image"]:
+        for entry in [*scores["per_image"], *scores.get("per_image_vs_augmented", [])]:
             previous = best[entry["index"]]
             best[entry["index"]] = entry["psnr"] if previous is None else max(previous, entry["psnr"])
     leaked = sum(b is not None and b >= PROTECTED_PSNR for b in best)
-    strongest = max(results, key=lambda n: results[n][1]["psnr"])
+    strongest = max(results, key=lambda n: max(results[n][1]["psnr"], results[n][1].get("psnr_vs_augmented", -1e9)))
     certified_by = [n for n, (rec, _) in results.items() if certified(rec, batch_size)]
     within = f" within {budget}" if budget else ""
     if leaked == 0:

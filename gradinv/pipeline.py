@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 from gradinv import attacks, data, defenses, metrics, models, report
 from gradinv.attacks.base import Callback
 from gradinv.attacks.cafe import CAFE
+from gradinv.evaluate.cells import score_run
 from gradinv.evaluate.utility import pretrain
 from gradinv.fl import vertical
-from gradinv.fl.augmentation import augmented_batch
 from gradinv.fl.client import observe
 from gradinv.observation import ThreatModel
 from gradinv.validation import check_device, constructor_options
@@ -175,11 +175,7 @@ def run(
     for name, attack in chosen.items():
         log.info("running %s", name)
         rec = attack.reconstruct(observation, callback=progress(name) if progress else None, device=device)
-        scores = metrics.score(rec, images, labels)
-        if config.threat.augmentation != "none":  # also against what the client trained on (its first pass)
-            trained_on = augmented_batch(images, config.threat, config.seed)
-            scores["psnr_vs_augmented"] = metrics.score(rec, trained_on, labels)["psnr"]
-        results[name] = (rec, scores)
+        results[name] = (rec, score_run(rec, images, labels, config.threat, config.seed))
     record_config = {
         "model": config.model,
         "model_options": config.model_options,

@@ -185,3 +185,19 @@ def test_wrong_image_shape_and_wrong_weights_are_named(user, tmp_path) -> None:
         app, [*base, "--size", "8", "--channels", "1", "--weights", str(bad), "-o", str(tmp_path / "b")]
     )
     assert result.exit_code == 2 and "do not fit the model" in " ".join(result.output.split())
+
+
+def test_an_augmenting_clients_audit_counts_the_images_rebuilt_as_the_client_saw_them(user, tmp_path) -> None:
+    from gradinv.audit import AuditConfig, audit
+
+    # the bias trick rebuilds the flipped digits exactly; against the digits as they are, the flipped ones look lost
+    model_file, folder = user
+    threat = ThreatModel(augmentation="flip")
+    config = AuditConfig(model=f"{model_file}:Net", data=str(folder), batch_size=3, size=8, channels=1, steps=5,
+                         seed=4, threat=threat)  # fmt: skip
+    record = audit(config, tmp_path / "audit")
+    scores = record["attacks"]["bias_trick"]["scores"]
+    assert scores["psnr_vs_augmented"] > 100 and min(e["psnr"] for e in scores["per_image"]) < 40
+    assert record["audit"]["verdict"]["leaked"] == 3
+    assert "The client augmented its images" in (tmp_path / "audit" / "report.html").read_text()
+    assert "initialisation" not in (tmp_path / "audit" / "report.html").read_text()  # the user's model: unknown history

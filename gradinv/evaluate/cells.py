@@ -21,7 +21,7 @@ from gradinv.evaluate.utility import TRAINING_ATTRIBUTE, Utility, pretrain, util
 from gradinv.fl.augmentation import augmented_batch
 from gradinv.fl.client import encode_batch, observe
 from gradinv.fl.vertical import simulate
-from gradinv.observation import ThreatModel
+from gradinv.observation import Reconstruction, ThreatModel
 
 
 def present_mean(values: list[Any]) -> float | None:
@@ -94,6 +94,20 @@ def _training_options(config: dict[str, Any]) -> dict[str, Any]:
         "lr": setup["lr"],
         "normalization": NORMALIZATIONS[config["normalization"]],
     }
+
+
+def score_run(
+    reconstruction: Reconstruction, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, seed: int
+) -> dict[str, Any]:
+    """``metrics.score`` against the client's data as it is; for an augmenting client (``threat.augmentation``, the
+    observation made with ``seed``) also against the batch as its first pass saw it: ``psnr_vs_augmented`` and
+    ``per_image_vs_augmented`` (per original, by ``index``), since an image rebuilt flipped or shifted is the image."""
+    scores = metrics.score(reconstruction, images, labels)
+    if threat.augmentation != "none":
+        against = metrics.score(reconstruction, augmented_batch(images, threat, seed), labels)
+        scores["psnr_vs_augmented"] = against["psnr"]
+        scores["per_image_vs_augmented"] = [{"index": e["index"], "psnr": e["psnr"]} for e in against["per_image"]]
+    return scores
 
 
 def run_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:

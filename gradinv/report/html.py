@@ -98,10 +98,14 @@ def _augmentation(record: dict[str, Any]) -> str:
     )
 
 
-def _training(records: list[dict[str, Any]]) -> str:
-    """How the broadcast model was trained before the round (``gi.evaluate.pretrain``), or that it was not."""
+def _training(record: dict[str, Any]) -> str:
+    """How the broadcast model was trained before the round (``gi.evaluate.pretrain``), or that it was not; nothing
+    where the run does not know (an audit of the user's own weights records no ``model_training``)."""
+    if "model_training" not in record:
+        return ""
+    records = record["model_training"]
     if not records:
-        return "The model is at its initialisation (no training recorded)."
+        return "The model is at the initialisation gradinv drew (no training before this round)."
     done = "; then ".join(
         f"{r['epochs']} epochs ({r['steps']} steps, lr {r['lr']:g}) on {r['n_train']} images of {_fmt(r['dataset'])}, "
         f"held-out accuracy {r['test_accuracy']:.3f}"
@@ -179,7 +183,7 @@ def render(record: dict[str, Any], grid: Path, curve: Path) -> str:
 shared update <b>{_fmt(record["threat"]["update"])}</b>, server <b>{_fmt(record["threat"]["server"])}</b>,
 labels {"known" if record["threat"]["knows_labels"] else "withheld"} to the attacker, client defenses:
 <b>{_fmt(", ".join(d["name"] for d in record.get("defenses", [])) or "none")}</b>.
-{_training(record.get("model_training") or [])}{_augmentation(record)}</p>
+{_training(record)}{_augmentation(record)}</p>
 {_audit(record.get("audit"))}
 <h2>Originals and reconstructions</h2>
 {_img(grid, "originals above reconstructions")}
