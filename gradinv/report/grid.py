@@ -10,6 +10,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from gradinv.attacks.adaptive import ADAPTABLE, TRANSFORMS
+from gradinv.defenses import REGISTRY
+from gradinv.defenses.base import Defense
 from gradinv.evaluate.grid import Grid, attack_label
 from gradinv.evaluate.results import COLUMNS, table
 from gradinv.evaluate.store import Store
@@ -19,6 +21,11 @@ from gradinv.report.html import STYLE, _fmt, _img, header
 PROTECTED_PSNR = 20.0
 """Below this worst-case PSNR (dB) the report calls a defense protective: at 20 dB and under, reconstructions of
 small images no longer show the content (our threshold for the ranking, stated in the report, not a paper's)."""
+
+
+MIXING = frozenset(n for n, (cls, _) in REGISTRY.items() if cls.encode is not Defense.encode) - TRANSFORMS
+"""Defenses that encode the client's data as mixes of images (MixUp, InstaHide): recovering an encoding needs a
+decoding step before it is an image."""
 
 
 def ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_PSNR) -> list[dict[str, Any]]:
@@ -53,7 +60,9 @@ def ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_PSNR) -> li
         )
         adaptive = bool(row.get("adaptive"))
         entry["adaptive_run"] = entry["adaptive_run"] or adaptive
-        transformed = row.get("augmentation", "none") != "none" or any(n in TRANSFORMS for n in names)
+        # under a mixing encoder the transformed batch is one of mixes, not of images: it keeps to the encodings note
+        mixing = any(n in MIXING for n in names)
+        transformed = not mixing and (row.get("augmentation", "none") != "none" or any(n in TRANSFORMS for n in names))
         leak, against = row["psnr"], ""
         if transformed and row["encoding_psnr"] is not None and row["encoding_psnr"] > leak:
             leak, against = row["encoding_psnr"], " vs the transformed images"

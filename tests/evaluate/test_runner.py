@@ -272,10 +272,14 @@ def test_an_image_recovered_as_the_client_transformed_it_counts_as_leakage() -> 
     rows = [{**base, "defense_label": "ats", "defenses": ["ats"], "psnr": 9.6, "encoding_psnr": 60.1},
             {**base, "defense_label": "none", "defenses": [], "psnr": 14.0, "encoding_psnr": 62.0,
              "augmentation": "flip"},
-            {**base, "defense_label": "mixup", "defenses": ["mixup"], "psnr": 8.0, "encoding_psnr": 40.0}]  # fmt: skip
+            {**base, "defense_label": "mixup", "defenses": ["mixup"], "psnr": 8.0, "encoding_psnr": 40.0},
+            {**base, "defense_label": "flipped mixup", "defenses": ["mixup"], "psnr": 8.0, "encoding_psnr": 40.0,
+             "augmentation": "flip"}]  # fmt: skip
     verdict = {e["defense"]: e for e in ranking(rows)}
     # ATS's shifted image and the flipped image are the private images: they leak; MixUp's encodings need decoding
     assert verdict["ats"]["status"] == "leaks" and verdict["ats"]["worst"] == 60.1
     assert verdict["ats"]["by"].endswith("vs the transformed images")
     assert verdict["none"]["status"] == "leaks" and verdict["none"]["worst"] == 62.0
     assert verdict["mixup"]["status"] == "protective" and verdict["mixup"]["encodings"] == 40.0
+    # an augmenting MixUp client: its augmented encodings are still mixes, not images
+    assert verdict["flipped mixup"]["status"] == "protective" and verdict["flipped mixup"]["encodings"] == 40.0
