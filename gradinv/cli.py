@@ -572,29 +572,37 @@ def _print_results(folder: Path) -> None:
 
     rows = load_table(folder)
     columns: dict[str, tuple[str, Callable[[Any], str]]] = {
+        "model": ("model", str),
         "threat_label": ("threat", str),
         "batch_size": ("batch", str),
         "attack": ("attack", str),
         "defense_label": ("defense", str),
         "psnr": ("PSNR", lambda v: f"{v:.1f}"),
         "ssim": ("SSIM", lambda v: f"{v:.2f}"),
+        "rouge1": ("ROUGE-1", lambda v: f"{v:.3f}"),
+        "exact": ("exact", lambda v: f"{v:.2f}"),
         "accuracy": ("acc.", lambda v: f"{v:.3f}"),
         "cost_seconds": ("cost s", lambda v: f"{v:.3g}"),
     }
-    labels = ("threat_label", "batch_size", "attack", "defense_label")  # text columns, left-aligned
+    labels = ("model", "threat_label", "batch_size", "attack", "defense_label")  # text columns, left-aligned
     constant = {c for c in labels if len({r[c] for r in rows}) == 1}
     same = ", ".join(f"{columns[c][0]} {rows[0][c]}" for c in columns if c in constant) if rows else ""
     table = Table(
         title=f"gradinv grid results: {folder}",
         caption=(f"in every row: {same}. " if same else "")
-        + "PSNR in dB; acc.: test accuracy with the defense; cost s: seconds to recover the client's whole dataset. "
+        + "PSNR in dB; ROUGE-1 and exact: text cells' sentences; acc.: test accuracy with the defense; "
+        + "cost s: seconds to recover the client's whole dataset. "
         + "All columns: --format csv",
         box=None,
         header_style="bold underline",
         padding=(0, 0, 0, 1),
         pad_edge=False,
     )
-    shown = [c for c in columns if c not in constant]
+    texts = any(r.get("modality") == "text" for r in rows)
+    # a column empty in every row (PSNR of a text grid, ROUGE of an image grid) is left out; exact only beside text
+    shown = [
+        c for c in columns if c not in constant and any(r[c] is not None for r in rows) and (c != "exact" or texts)
+    ]
     cells = [["" if row[c] is None else columns[c][1](row[c]) for c in shown] for row in rows]
     for i, c in enumerate(shown):
         longest = max([len(columns[c][0]), *(len(line[i]) for line in cells)])

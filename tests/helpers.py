@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,3 +46,10 @@ def plain_and_adaptive(observation: gi.Observation, attack: str, **options: Any)
 def psnrs(runs: dict[bool, gi.Reconstruction], images: torch.Tensor, labels: torch.Tensor) -> dict[bool, float]:
     """Each run's PSNR against the private batch."""
     return {a: gi.metrics.score(r, images, labels)["psnr"] for a, r in runs.items()}
+
+
+def grid_file(folder: Path, text: str) -> Path:
+    """``text`` written as ``folder/grid.toml``, for ``load_grid``."""
+    path = folder / "grid.toml"
+    path.write_text(text)
+    return path

@@ -17,6 +17,7 @@ from gradinv.data import NORMALIZATIONS
 from gradinv.defenses.base import Defense
 from gradinv.evaluate.cost import full_recovery
 from gradinv.evaluate.grid import config_key
+from gradinv.evaluate.text_cells import run_text_cell
 from gradinv.evaluate.utility import TRAINING_ATTRIBUTE, Utility, pretrain, utility
 from gradinv.fl.augmentation import augmented_batch
 from gradinv.fl.client import encode_batch, observe
@@ -116,6 +117,8 @@ def run_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
 
     The client's training set is the first ``client_images`` images of the cell's seeded draw (its batches are the
     first ``images``): MixUp/InstaHide with ``pool="dataset"`` draw their partners from it."""
+    if config.get("modality") == "text":
+        return run_text_cell(config, device)
     if attacks.REGISTRY[config["attack"]].setting == "vertical":
         return run_vertical_cell(config, device)
     pooled = any(getattr(defenses.make(n, **p), "pool", None) == "dataset" for n, p in config["defenses"])

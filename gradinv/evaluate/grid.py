@@ -18,9 +18,21 @@ Sections (see ``examples/tiny.toml``)::
                   ``chain = [{ name = "prune", ratio = 0.9 }, { name = "mixup", k = 4 }]``; optional label
     [vertical]    parties (4), iterations (0: twice the images), lr (0.0: the model stays fixed): the vertical FL
                   training that vertical attacks (CAFE) observe
+    [text]        data (a bundled corpus, "rotten_tomatoes", or the path of your sentences: a CSV with text and
+                  label columns, a text file or folder, one per line), sentences (8: the text client's, all
+                  attacked), max_length (32 tokens): the sentences text attacks (dager, tag, lamp) observe
+    [[text_models]] name (gpt2, bert, minilm), task ("classification" or "causal_lm"), num_labels (2),
+                  lora_rank (0: the whole model trains), label, then Hugging Face configuration overrides
+                  (n_layer, n_embd, n_head; num_hidden_layers, hidden_size, ...)
 
 File paths in attack options (GIAS's ``generator = "my_gan.py:Generator"`` and ``generator_weights``) are read
 relative to the grid file.
+
+A text attack (``dager``, ``tag``, ``lamp``) makes one cell per text model, threat, batch size, defense and seed
+(:mod:`gradinv.evaluate.text_cells`): the text client's sentences in batches of the cell's size, each batch's
+gradient attacked and every sentence scored (ROUGE-1/2/L, token accuracy, exact, certified); only gradient
+defenses and DP-SGD apply, no utility is measured. A grid of text attacks alone needs no [[models]].
+``protected_rouge`` (default 0.3) is where the report's text ranking calls a defense protective.
 
 A vertical attack (``cafe``) makes one cell per threat, batch size, defense and seed (not per model): the grid's
 ``images`` are the samples the parties hold (all attacked), split into ``parties`` vertical strips, trained for
@@ -58,6 +70,7 @@ from gradinv.attacks.adaptive import ADAPTABLE
 from gradinv.attacks.base import Attack, threat_conflict
 from gradinv.data import NORMALIZATIONS
 from gradinv.defenses.mixup import MixUp
+from gradinv.evaluate.text_cells import PROTECTED_ROUGE, TEXT_KEYS, TEXT_MODEL_KEYS, TEXT_RANGES, text_conflict
 from gradinv.fl.client import client_trainer
 from gradinv.fl.vertical import check_vertical_defenses
 from gradinv.observation import ThreatModel
@@ -76,6 +89,7 @@ GRID_KEYS = {
     "client_images": None,
     "pretrain_epochs": 0,
     "protected_psnr": 20.0,
+    "protected_rouge": PROTECTED_ROUGE,
     "device": "cpu",
 }
 UTILITY_KEYS = {"dataset": None, "epochs": 1, "n": 1000, "batch_size": 32, "lr": 0.05, "seed": 0}
@@ -87,6 +101,7 @@ GRID_RANGES = {
     "client_images": (1, 10**12),
     "pretrain_epochs": (0, 1000),
     "protected_psnr": (0.0, 1000.0),
+    "protected_rouge": (0.0, 1.0),
 }
 UTILITY_RANGES = {
     "epochs": (1, 1000),
@@ -97,7 +112,7 @@ UTILITY_RANGES = {
 }
 VERTICAL_KEYS = {"parties": 4, "iterations": 0, "lr": 0.0}
 VERTICAL_RANGES = {"parties": (1, 512), "iterations": (0, 10**7), "lr": (0.0, 100.0)}
-SECTIONS = ("grid", "utility", "models", "threats", "attacks", "defenses", "vertical")
+SECTIONS = ("grid", "utility", "models", "threats", "attacks", "defenses", "vertical", "text", "text_models")
 
 
 class GridError(ValueError):
@@ -281,6 +296,69 @@ def _models(reader: _Reader, settings: dict[str, Any], utility: dict[str, Any] |
     return out
 
 
+def _text(reader: _Reader) -> dict[str, Any]:
+    """The ``[text]`` section, its data checked: a bundled corpus or a file or folder of sentences (relative to the
+    grid file) holding at least ``sentences``; ``labelled`` records whether they carry labels."""
+    from gradinv.text import CORPORA, read_sentences, sentences
+
+    text = reader.table("text", TEXT_KEYS)
+    _ranges(reader, "text", text, TEXT_RANGES)
+    if not isinstance(text["data"], str) or not text["data"]:
+        raise reader.fail("text", 0, "data", "data must be a corpus name or the path of your sentences")
+    labels: list[int | None]
+    try:
+        if text["data"] in CORPORA:
+            labels = list(sentences(text["data"], n=text["sentences"])[1])
+        else:
+            path = Path(text["data"])
+            text["data"] = str(path if path.is_absolute() else (reader.path.parent / path).resolve())
+            _, labels = read_sentences(text["data"], n=text["sentences"])
+    except (ValueError, FileNotFoundError) as err:
+        raise reader.fail("text", 0, "data", f"data {text['data']!r}, sentences = {text['sentences']}: {err}") from err
+    present = [label for label in labels if label is not None]
+    return {**text, "labelled": len(present) == len(labels), "max_label": max(present, default=-1)}
+
+
+def _text_models(reader: _Reader, text: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each ``[[text_models]]`` entry: a text model name, its task and head, LoRA rank, label and configuration
+    overrides, each model built once to check them (``make_text_model``)."""
+    from gradinv.text import TASKS, make_text_model
+    from gradinv.text.models import TEXT_MODELS
+
+    out = []
+    for i, entry in enumerate(reader.entries("text_models")):
+        name, task = entry.get("name"), entry.get("task", "classification")
+        if name not in TEXT_MODELS:
+            raise reader.fail(
+                "text_models", i, "name", f"unknown text model {name!r}; available: {', '.join(TEXT_MODELS)}"
+            )
+        if task not in TASKS:
+            raise reader.fail("text_models", i, "task", f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        num_labels, rank = entry.get("num_labels", 2), entry.get("lora_rank", 0)
+        for key, value, low in (("num_labels", num_labels, 2), ("lora_rank", rank, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 100_000:
+                raise reader.fail("text_models", i, key, f"{key} must be an integer in [{low}, 100000], got {value!r}")
+        if task == "classification" and not text["labelled"]:
+            raise reader.fail(
+                "text_models", i, "task", f"a classifier's sentences need labels; {text['data']} has none"
+            )
+        if task == "classification" and text["max_label"] >= num_labels:
+            raise reader.fail(
+                "text_models", i, "num_labels", f"the sentences have label {text['max_label']}: num_labels {num_labels}"
+            )
+        options = {k: v for k, v in entry.items() if k not in TEXT_MODEL_KEYS}
+        try:
+            make_text_model(name, task=task, num_labels=num_labels, seed=0, **options)
+        except (TypeError, ValueError) as err:
+            raise reader.fail("text_models", i, None, f"text model {name!r} with {options}: {err}") from err
+        model = {"model": name, "model_options": options, "task": task, "num_labels": num_labels, "lora_rank": rank}
+        out.append({**model, **({"model_label": str(entry["label"])} if "label" in entry else {})})
+    labels = [m.get("model_label", m["model"]) for m in out]
+    if len(set(labels)) < len(labels):
+        raise reader.fail("text_models", 0, None, f"text models that share a name need different labels, got {labels}")
+    return out
+
+
 def _threats(reader: _Reader, settings: dict[str, Any]) -> list[tuple[str, ThreatModel]]:
     out = []
     for i, entry in enumerate(reader.doc.get("threats") or [{}]):
@@ -330,7 +408,8 @@ def _attacks(
         only = _only(reader, "attacks", i, entry, settings, threats)
         label = entry.pop("label", None)
         entry = resolve_paths(entry, reader.path.parent)
-        name, options = _component(reader, "attacks", i, entry, dict(attacks.REGISTRY), attacks.make)
+        classes = {**attacks.REGISTRY, **attacks.TEXT_REGISTRY}
+        name, options = _component(reader, "attacks", i, entry, classes, attacks.make)
         out.append((name, options, only, label))
     names = [name for name, *_ in out]
     return [
@@ -495,10 +574,8 @@ def load_grid(path: str | Path) -> Grid:
         raise reader.fail("grid", 0, "normalization", f"unknown normalization; available: {', '.join(NORMALIZATIONS)}")
     images = settings["images"]
     for b in settings["batch_sizes"]:
-        if not isinstance(b, int) or b < 1 or images % b:
-            raise reader.fail(
-                "grid", 0, "batch_sizes", f"batch size {b!r} must be a positive integer dividing images = {images}"
-            )
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise reader.fail("grid", 0, "batch_sizes", f"batch size {b!r} must be a positive integer")
     if settings["channels"] == 2:
         raise reader.fail("grid", 0, "channels", "channels must be 1 (grey) or 3 (RGB), got 2")
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", str(settings["device"])):
@@ -519,13 +596,33 @@ def load_grid(path: str | Path) -> Grid:
             raise reader.fail("utility", 0, None, "epochs and batch_size must be >= 1, n >= 2")
     if settings["pretrain_epochs"] < 0 or (settings["pretrain_epochs"] and utility is None):
         raise reader.fail("grid", 0, "pretrain_epochs", "pretrain_epochs must be >= 0 and needs a [utility] dataset")
-    model_list, threats = _models(reader, settings, utility), _threats(reader, settings)
+    threats = _threats(reader, settings)
     labels = [label for label, _ in threats]
     if len(set(labels)) < len(labels):
         raise reader.fail("threats", 0, None, f"threat labels must differ, got {labels}")
     attack_list, defense_list = _attacks(reader, settings, labels), _defenses(reader, settings, labels)
+    texts = {a for a, (name, *_) in enumerate(attack_list) if name in attacks.TEXT_REGISTRY}
+    has_images = len(texts) < len(attack_list)
+    model_list = _models(reader, settings, utility) if has_images or "models" in reader.doc else []
+    text, text_models = None, []
+    if texts or "text" in reader.doc or "text_models" in reader.doc:
+        text = _text(reader)
+        text_models = _text_models(reader, text)
+    for b in settings["batch_sizes"]:
+        if has_images and images % b:
+            raise reader.fail(
+                "grid", 0, "batch_sizes", f"batch size {b} must be a positive integer dividing images = {images}"
+            )
+        if texts and text is not None and text["sentences"] % b:
+            raise reader.fail(
+                "grid",
+                0,
+                "batch_sizes",
+                f"batch size {b} must divide the text client's sentences = {text['sentences']}",
+            )
     vertical = None
-    if any(attacks.REGISTRY[name].setting == "vertical" for name, *_ in attack_list) or "vertical" in reader.doc:
+    vertical_attacks = [name for name, *_ in attack_list if name in attacks.REGISTRY]
+    if any(attacks.REGISTRY[name].setting == "vertical" for name in vertical_attacks) or "vertical" in reader.doc:
         vertical = reader.table("vertical", VERTICAL_KEYS)
         _ranges(reader, "vertical", vertical, VERTICAL_RANGES)
         if settings["size"] % vertical["parties"]:
@@ -543,28 +640,53 @@ def load_grid(path: str | Path) -> Grid:
             if options.get("adaptive") and not adaptable(chain):
                 continue  # an adaptive attack runs against the defenses it adapts to; the plain entry covers the rest
             adapted.add(a)
+            combination = {
+                "batch_size": b,
+                "threat": _threat_fields(threat),
+                "threat_label": threat_label,
+                "attack": name,
+                "attack_options": options,
+                "defenses": [[n, p] for n, p in chain],
+                "defense_label": defense_label,
+                # only when it says more than the name, so that the keys (and the resumable results) of grids
+                # without labels stay as they were; attack_label() reads the label back
+                **({"attack_label": shown} if shown != name else {}),
+            }
+            if a in texts:
+                assert text is not None
+                for model in text_models:
+                    problem = text_conflict(attacks.TEXT_REGISTRY[name], options, threat, model["task"], chain)
+                    if problem:
+                        where = f"text model {model.get('model_label', model['model'])!r}, threat {threat_label!r}"
+                        raise _impossible(reader, a, d, f"{where}, defense {defense_label!r}", problem)
+                    for seed in settings["seeds"]:
+                        grid.cells.append(
+                            Cell(
+                                {
+                                    "modality": "text",
+                                    **model,
+                                    "text": {k: text[k] for k in TEXT_KEYS},
+                                    **combination,
+                                    "seed": seed,
+                                    "utility": None,
+                                }
+                            )
+                        )
+                continue
             attack_class = attacks.REGISTRY[name]
             if attack_class.setting == "vertical":
                 problem = vertical_conflict(threat, chain, settings["normalization"])
             else:
                 problem = conflict(attack_class, options, threat, b, chain)
             if problem:
-                table, index = ("defenses", d) if problem.startswith("defense") else ("attacks", a)
-                raise GridError(
-                    f"{reader.path}:{_line(reader.lines, table, index, None)}: impossible combination "
-                    f"(threat {threat_label!r}, batch size {b}, defense {defense_label!r}): {problem}"
-                )
+                where = f"threat {threat_label!r}, batch size {b}, defense {defense_label!r}"
+                raise _impossible(reader, a, d, where, problem)
             cell_models = model_list
             if attack_class.setting == "vertical" and vertical is not None:
                 cell_models = [{"model": "vertical", "model_options": {"parties": vertical["parties"]}}]
             for model, seed in itertools.product(cell_models, settings["seeds"]):
                 epochs = model.get("pretrain_epochs", settings["pretrain_epochs"])
                 model = {k: v for k, v in model.items() if k != "pretrain_epochs"}
-                threat_fields = {
-                    k: v
-                    for k, v in threat.to_dict().items()
-                    if k != "normalization" and (k not in QUIET_THREAT_FIELDS or v != QUIET_THREAT_FIELDS[k])
-                }
                 grid.cells.append(
                     Cell(
                         {
@@ -575,19 +697,11 @@ def load_grid(path: str | Path) -> Grid:
                             },
                             "images": images,
                             "client_images": settings["client_images"] or images,
-                            "batch_size": b,
-                            "threat": threat_fields,
-                            "threat_label": threat_label,
-                            "attack": name,
-                            "attack_options": options,
-                            "defenses": [[n, p] for n, p in chain],
-                            "defense_label": defense_label,
+                            **combination,
                             "seed": seed,
                             "utility": None if model["model"] == "vertical" else utility,
                             **({"vertical": vertical} if model["model"] == "vertical" else {}),
-                            # only when they say more than the defaults, so that the keys (and the resumable results)
-                            # of grids without them stay as they were; attack_label() reads the label back
-                            **({"attack_label": shown} if shown != name else {}),
+                            # only when set, so that the keys of grids without pretraining stay as they were
                             **({"pretrain_epochs": epochs} if epochs and model["model"] != "vertical" else {}),
                         }
                     )
@@ -599,6 +713,24 @@ def load_grid(path: str | Path) -> Grid:
                 f"defense of the grid has an adaptive counterpart (those exist for {sorted(ADAPTABLE)})"
             )
     return grid
+
+
+def _impossible(reader: _Reader, attack: int, defense: int, where: str, problem: str) -> GridError:
+    """An impossible combination's error, at the line of the defense entry when the defense is the problem, else of
+    the attack entry."""
+    table, index = ("defenses", defense) if problem.startswith("defense") else ("attacks", attack)
+    line = _line(reader.lines, table, index, None)
+    return GridError(f"{reader.path}:{line}: impossible combination ({where}): {problem}")
+
+
+def _threat_fields(threat: ThreatModel) -> dict[str, Any]:
+    """A cell's threat: its fields but the normalisation (set once, in [grid]) and the quiet ones at their
+    defaults (:data:`QUIET_THREAT_FIELDS`)."""
+    return {
+        k: v
+        for k, v in threat.to_dict().items()
+        if k != "normalization" and (k not in QUIET_THREAT_FIELDS or v != QUIET_THREAT_FIELDS[k])
+    }
 
 
 def adaptable(chain: list[tuple[str, dict[str, Any]]]) -> bool:

@@ -16,7 +16,11 @@ from gradinv.evaluate.store import Store
 
 COLUMNS = ("model", "threat_label", "batch_size", "attack", "defense_label", "images", "failed", "matched", "psnr",
            "psnr_std", "ssim", "label_acc", "exact", "certified", "encoding_psnr", "accuracy", "seconds", "inversions",
-           "cost_seconds")  # fmt: skip
+           "cost_seconds", "modality", "rouge1", "rouge2", "rougeL", "token_acc", "certified_wrong")  # fmt: skip
+TEXT_COLUMNS = ("model", "threat_label", "batch_size", "attack", "defense_label", "images", "failed", "rouge1",
+                "rouge2", "rougeL", "token_acc", "exact", "certified", "certified_wrong", "seconds", "inversions",
+                "cost_seconds")  # fmt: skip
+"""The columns of a text cell's row (``images`` counts its sentences)."""
 
 
 def load_table(folder: str | Path) -> list[dict[str, Any]]:
@@ -88,6 +92,13 @@ def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[
             seconds=present_mean([c["summary"]["attack_seconds_per_batch"] for c in done]),
             cost_seconds=present_mean([c["summary"]["cost"]["seconds"] for c in done]),
             inversions=done[0]["summary"]["cost"]["inversions"] if done else None,
+            modality=config.get("modality", "image"),
+            **{key: present_mean([r.get(key) for r in images]) for key in ("rouge1", "rouge2", "rougeL", "token_acc")},
+            # certified sentences that are not the client's (text attacks; must be 0), over every cell
+            certified_wrong=sum(c["summary"].get("certified_wrong", 0) for c in done)
+            if config.get("modality") == "text"
+            else None,
+            reads_noise=config.get("attack") == "dager" and config.get("attack_options", {}).get("noise_aware", True),
         )
         rows.append(row)
     return rows

@@ -82,6 +82,13 @@ def _save(store: Store, folder: Path, job: Job, result: dict[str, Any]) -> str:
     if "error" in result:
         store.record(key, config, error=f"{result['error']} ({result['where']})", seconds=result["seconds"])
         return f"{attack_label(config)} x {config['defense_label']}: failed ({result['error']})"
+    if config.get("modality") == "text":  # sentences, no pictures: the report shows them from the summary
+        store.record(key, config, summary=result["summary"], images=result["rows"], seconds=result["seconds"])
+        summary = result["summary"]
+        return (
+            f"{attack_label(config)} x {config['defense_label']}: ROUGE-1 {summary['rouge1']['mean']:.3f}, "
+            f"exact {summary['exact_fraction']:.2f}"
+        )
     picture = folder / "cells" / f"{key}.png"
     picture.parent.mkdir(exist_ok=True)
     captions = [f"{r['psnr']:.1f} dB" if r.get("psnr") is not None else "none" for r in result["rows"]]

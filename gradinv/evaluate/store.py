@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS images (
     exact INTEGER,
     encoding_psnr REAL,              -- against the encoding the client trained on (MixUp/InstaHide), else NULL
     certified INTEGER,               -- 1/0: the attack certified the image matched to this original
+    rouge1 REAL, rouge2 REAL, rougeL REAL, token_acc REAL,  -- text cells: one row per sentence ("image")
     PRIMARY KEY (key, image)
 );
 CREATE TABLE IF NOT EXISTS utility (
@@ -39,8 +40,10 @@ CREATE TABLE IF NOT EXISTS utility (
 );
 """
 IMAGE_COLUMNS = (
-    "image", "batch", "psnr", "ssim", "mse", "lpips", "label_ok", "exact", "encoding_psnr", "certified"
+    "image", "batch", "psnr", "ssim", "mse", "lpips", "label_ok", "exact", "encoding_psnr", "certified", "rouge1",
+    "rouge2", "rougeL", "token_acc",
 )  # fmt: skip
+REAL_COLUMNS = frozenset({"psnr", "ssim", "mse", "lpips", "encoding_psnr", "rouge1", "rouge2", "rougeL", "token_acc"})
 
 
 class Store:
@@ -55,7 +58,8 @@ class Store:
         present = {row[1] for row in self.db.execute("PRAGMA table_info(images)")}
         for column in IMAGE_COLUMNS:
             if column not in present:  # a database written by an older gradinv: resumable, the column left NULL
-                self.db.execute(f"ALTER TABLE images ADD COLUMN {column} INTEGER")
+                kind = "REAL" if column in REAL_COLUMNS else "INTEGER"
+                self.db.execute(f"ALTER TABLE images ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()

@@ -25,6 +25,33 @@ def text_loss(model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Te
     return model(**batch, labels=targets).loss
 
 
+def check_text_client(threat: ThreatModel, defenses: Sequence[Defense]) -> None:
+    """What a simulated text client supports: one shared gradient, no image augmentation, gradient defenses (their
+    ``apply``) and at most one ``dpsgd`` (without Opacus' secure-mode noise).
+
+    Raises:
+        ValueError: a FedAvg threat, image augmentation, two ``dpsgd`` defenses or ``secure_rng``.
+        TypeError: a defense that changes the client's model, data or training (other than ``dpsgd``).
+    """
+    if threat.update != "gradient":
+        raise ValueError("text clients share one gradient here: ThreatModel(update='gradient')")
+    if threat.augmentation != "none":
+        raise ValueError(f"augmentation={threat.augmentation!r} flips and crops images; a text client has none")
+    private = [defense for defense in defenses if isinstance(defense, DPSGD)]
+    for defense in defenses:
+        kind = type(defense)
+        changes = ("client_update", "encode", "prepare_model")
+        if not isinstance(defense, DPSGD) and any(getattr(kind, m) is not getattr(Defense, m) for m in changes):
+            raise TypeError(
+                f"defense {defense.name!r} changes the client's model, data or training; text clients take "
+                "gradient defenses (noise, prune, topk, quantize, sign) and dpsgd"
+            )
+    if len(private) > 1:
+        raise ValueError(f"{len(private)} dpsgd defenses: a client trains with one")
+    if private and private[0].secure_rng:
+        raise ValueError("dpsgd's secure_rng (Opacus' secure-mode noise) is not simulated for text clients")
+
+
 def observe_text(
     model: nn.Module,
     tokenizer: object,
@@ -70,10 +97,7 @@ def observe_text(
     threat = threat or ThreatModel()
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if threat.update != "gradient":
-        raise ValueError("text clients share one gradient here: ThreatModel(update='gradient')")
-    if threat.augmentation != "none":
-        raise ValueError(f"augmentation={threat.augmentation!r} flips and crops images; a text client has none")
+    check_text_client(threat, defenses)
     if isinstance(texts, str) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
         raise TypeError("texts must be a non-empty list of non-empty strings")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
@@ -86,18 +110,6 @@ def observe_text(
         if target.numel() != len(texts):
             raise ValueError(f"{target.numel()} labels for {len(texts)} sentences")
     private = [defense for defense in defenses if isinstance(defense, DPSGD)]
-    for defense in defenses:
-        kind = type(defense)
-        changes = ("client_update", "encode", "prepare_model")
-        if not isinstance(defense, DPSGD) and any(getattr(kind, m) is not getattr(Defense, m) for m in changes):
-            raise TypeError(
-                f"defense {defense.name!r} changes the client's model, data or training; text clients take "
-                "gradient defenses (noise, prune, topk, quantize, sign) and dpsgd"
-            )
-    if len(private) > 1:
-        raise ValueError(f"{len(private)} dpsgd defenses: a client trains with one")
-    if private and private[0].secure_rng:
-        raise ValueError("dpsgd's secure_rng (Opacus' secure-mode noise) is not simulated for text clients")
     batch = tokenize(tokenizer, texts, max_length)
     model.eval()
     original = next(model.parameters()).device

@@ -36,8 +36,10 @@ def text_score(
     truncated at ``max_length`` tokens), with the recovered sentence the matching assigns it; a true sentence left
     unmatched scores 0. Returns the mean ROUGE-1/2/L F-measures over the true sentences, ``token_acc`` (true tokens
     recovered at their position, over all true tokens), ``exact`` (true sentences recovered token for token),
-    ``certified`` and ``certified_wrong`` (certified sentences that are not exact: must be 0), and ``pairs``
-    (``(true index, recovered index)``).
+    ``certified`` and ``certified_wrong`` (certified sentences that are not exact: must be 0), ``pairs``
+    (``(true index, recovered index)``), and ``per_sentence``: for each true sentence its ``match`` (the recovered
+    index, ``None`` if unmatched), ROUGE-1/2/L, ``token_acc``, ``exact`` and ``certified`` (its match's
+    certificate).
 
     Raises:
         ValueError: no true sentences.
@@ -53,11 +55,21 @@ def text_score(
     rows, cols = linear_sum_assignment(-rouge_l) if found else (np.array([], int), np.array([], int))
     sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     correct = exact = 0
-    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-        for key in sums:
-            sums[key] += table[r][c][key].fmeasure
-        correct += sum(a == b for a, b in zip(truth[r], found[c], strict=False))
-        exact += truth[r] == found[c]
+    matched = dict(zip(rows.tolist(), cols.tolist(), strict=True))
+    per_sentence = []
+    for r, ids in enumerate(truth):
+        c = matched.get(r)
+        entry: dict[str, Any] = {"index": r, "match": c, "rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+        entry.update(token_acc=0.0, exact=False, certified=False)
+        if c is not None:
+            hits = sum(a == b for a, b in zip(ids, found[c], strict=False))
+            entry.update({key: table[r][c][key].fmeasure for key in sums})
+            entry.update(token_acc=hits / len(ids), exact=ids == found[c], certified=bool(reconstruction.certified[c]))
+            for key in sums:
+                sums[key] += entry[key]
+            correct += hits
+            exact += entry["exact"]
+        per_sentence.append(entry)
     truth_set = {tuple(t) for t in truth}
     certified = [tuple(f) for f, flag in zip(found, reconstruction.certified, strict=True) if flag]
     return {
@@ -67,4 +79,5 @@ def text_score(
         "certified": len(certified),
         "certified_wrong": sum(f not in truth_set for f in certified),
         "pairs": list(zip(rows.tolist(), cols.tolist(), strict=True)),
+        "per_sentence": per_sentence,
     }

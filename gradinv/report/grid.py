@@ -13,10 +13,12 @@ from gradinv.attacks.adaptive import ADAPTABLE, TRANSFORMS
 from gradinv.defenses import REGISTRY
 from gradinv.defenses.base import Defense
 from gradinv.evaluate.grid import Grid, attack_label
-from gradinv.evaluate.results import COLUMNS, table
+from gradinv.evaluate.results import COLUMNS, TEXT_COLUMNS, table
 from gradinv.evaluate.store import Store
+from gradinv.evaluate.text_cells import NOISE_READING, PROTECTED_ROUGE
 from gradinv.observation import atomic_write, atomic_write_text
 from gradinv.report.html import STYLE, _fmt, _img, header
+from gradinv.report.text import coloured
 
 PROTECTED_PSNR = 20.0
 """Below this worst-case PSNR (dB) the report calls a defense protective: at 20 dB and under, reconstructions of
@@ -86,6 +88,94 @@ def ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_PSNR) -> li
         per.values(),
         key=lambda e: (order[e["status"]], e["worst"] if e["status"] == "leaks" else -(e["accuracy"] or 0)),
     )
+
+
+def text_ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_ROUGE) -> list[dict[str, Any]]:
+    """Defenses of the grid's text cells ranked by their worst case over text attacks, models, threats and batch
+    sizes: the highest mean ROUGE-1 (``worst``) and the highest exact-sentence rate (``exact``).
+
+    ``status``: ``"leaks"`` (a sentence came back exactly, or ROUGE-1 reached ``protected``), ``"protective"``
+    (neither, against a chain of defenses whose level DAGER reads (:data:`NOISE_READING`) with DAGER run reading
+    it), ``"unverified"`` (neither, but no attack that knows the defense was run: there is none for pruning,
+    quantisation or signs on text, or no defense at all). Protective first, then unverified, by worst case; then the
+    leaking ones, lowest worst case first."""
+    per: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("modality") != "text" or row["rouge1"] is None:
+            continue
+        names = row.get("defenses") or []
+        entry = per.setdefault(
+            row["defense_label"],
+            {
+                "defense": row["defense_label"],
+                "worst": -1.0,
+                "exact": 0.0,
+                "readable": bool(names) and all(n in NOISE_READING for n in names),
+                "reading_run": False,
+            },
+        )
+        entry["reading_run"] = entry["reading_run"] or bool(row.get("reads_noise"))
+        entry["exact"] = max(entry["exact"], row["exact"] or 0.0)
+        if row["rouge1"] > entry["worst"]:
+            entry.update(worst=row["rouge1"], by=row["attack"], threat=row["threat_label"], model=row["model"])
+    for entry in per.values():
+        if entry["exact"] > 0 or entry["worst"] >= protected:
+            entry["status"] = "leaks"
+        elif entry["readable"] and entry["reading_run"]:
+            entry["status"] = "protective"
+        else:
+            entry["status"] = "unverified"
+    order = {"protective": 0, "unverified": 1, "leaks": 2}
+    return sorted(per.values(), key=lambda e: (order[e["status"]], e["worst"]))
+
+
+TEXT_VERDICTS = {
+    "protective": " - protective (against the text attacks run, DAGER reading the recorded noise among them)",
+    "unverified": " - holds against the text attacks run, but none of them knows this defense (gradinv has no "
+    "adaptive text attack for pruning, quantisation or signs): not shown protective",
+    "leaks": " - leaks",
+}
+
+
+def text_section(rows: list[dict[str, Any]], recorded: list[dict[str, Any]], protected: float) -> str:
+    """The report's text part: the ranking of defenses, the table of text cells, and each cell's sentences (true
+    tokens beside the recovered ones, coloured by position)."""
+    text_rows = [r for r in rows if r.get("modality") == "text"]
+    if not text_rows:
+        return ""
+    advice = "".join(
+        f"<li><b>{html.escape(e['defense'])}</b>: worst case ROUGE-1 {_fmt(e['worst'])}, exact sentences "
+        f"{_fmt(e['exact'])} ({html.escape(e['by'])}, {html.escape(e['model'])}, {html.escape(e['threat'])})"
+        f"{TEXT_VERDICTS[e['status']]}</li>"
+        for e in text_ranking(text_rows, protected)
+    )
+    cells = []
+    for c in recorded[:200]:
+        if c["config"].get("modality") != "text" or c["status"] != "done":
+            continue
+        lines = "".join(
+            f"<tr><td>{s['index']}</td><td style='text-align:left'>{html.escape(' '.join(s['truth']))}</td>"
+            f"<td style='text-align:left'>"
+            + ("<em>(none recovered)</em>" if s["found"] is None else coloured(s["found"], s["truth"]))
+            + "</td></tr>"
+            for s in c["summary"].get("sentences", [])
+        )
+        config = c["config"]
+        cells.append(
+            f"<h3>{html.escape(attack_label(config))} x {html.escape(config['defense_label'])} "
+            f"({html.escape(config.get('model_label', config['model']))}, {html.escape(config['threat_label'])}, "
+            f"batch {config['batch_size']}, seed {config['seed']})</h3><table><tr><th>#</th><th>true tokens</th>"
+            f"<th>recovered (green: right token at that position)</th></tr>{lines}</table>"
+        )
+    return f"""<h2>Text cells</h2>
+<p>ROUGE-1/2/L (F-measure) and token accuracy: mean over the client's sentences, each matched to one recovered
+sentence (Hungarian, on ROUGE-L; an unmatched one scores 0); <i>exact</i>: sentences recovered token for token;
+<i>certified_wrong</i>: certified sentences that are not the client's (must be 0). Guessing the most frequent words
+scores about 0.2 ROUGE-1 without any gradient.</p>
+<p>Defenses ranked for the text cells (protective: no sentence exact and ROUGE-1 under {protected:g}, the grid's
+<i>protected_rouge</i>, against an attack that knows the defense):</p><ol>{advice}</ol>
+{_html_table(list(TEXT_COLUMNS), [[r[c] for c in TEXT_COLUMNS] for r in text_rows])}
+<h2>Recovered sentences</h2>{"".join(cells)}"""
 
 
 def tradeoff_plot(
@@ -173,23 +263,33 @@ def write_grid_report(grid: Grid, out: str | Path) -> Path:
     folder = Path(out)
     store = Store(folder / "results.sqlite")
     try:
-        return write_report(store, folder, grid.name, grid.settings["protected_psnr"])
+        settings = grid.settings
+        return write_report(
+            store, folder, grid.name, settings["protected_psnr"], settings.get("protected_rouge", PROTECTED_ROUGE)
+        )
     finally:
         store.close()
 
 
-def write_report(store: Store, folder: Path, name: str, protected: float = PROTECTED_PSNR) -> Path:
+def write_report(
+    store: Store,
+    folder: Path,
+    name: str,
+    protected: float = PROTECTED_PSNR,
+    protected_rouge: float = PROTECTED_ROUGE,
+) -> Path:
     """Write ``folder/report.html`` (and ``tradeoff.png``) from the database; returns the report's path.
 
     ``protected``: the worst-case PSNR (dB) under which the ranking calls a defense protective (the grid's
-    ``protected_psnr``)."""
+    ``protected_psnr``); ``protected_rouge``: the worst-case ROUGE-1 under which the text ranking does."""
     recorded = store.cells()
-    rows = table(store, recorded)
+    every = table(store, recorded)
+    rows = [r for r in every if r.get("modality") != "text"]
     plot = folder / "tradeoff.png"
     has_plot = any(r["accuracy"] is not None and r["psnr"] is not None for r in rows)
     if has_plot:
         atomic_write(plot, lambda tmp: tradeoff_plot(rows, tmp, protected=protected))
-    columns = list(COLUMNS)
+    columns = list(COLUMNS[: COLUMNS.index("modality")])  # the text columns have their own table
     ranked = ranking(rows, protected)
     advice = "".join(
         f"<li><b>{html.escape(e['defense'])}</b>: worst case {worst_case(e['worst'])} ({html.escape(e['by'])}, "
@@ -212,15 +312,8 @@ def write_report(store: Store, folder: Path, name: str, protected: float = PROTE
         for c in recorded[:200]
         if c["status"] == "done" and (folder / "cells" / (c["key"] + ".png")).exists()
     )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gradinv grid: {html.escape(name)}</title>
-<style>{STYLE}table{{font-size:12px}}</style></head><body>
-<h1>Gradient inversion grid: {html.escape(name)}</h1>
-<p>{len(recorded)} cells recorded, {len(failed)} failed. PSNR in dB against the private images (mean and std over
-all images and seeds); <i>encoding_psnr</i>: against what the client trained on (MixUp/InstaHide encodings, ATS's
-transformed images, the augmented batch);
-<i>cost_seconds</i>: estimated time to recover the client's whole dataset (inversions times seconds per
-inversion, Huang et al. 2021 Sec. 6); <i>matched</i>: share of images the attack returned an image for.</p>
-<h2>What this means</h2>
+    image_part = (
+        f"""<h2>What this means</h2>
 <p>Defenses ranked for this grid (protective: the strongest attack run, adaptive ones included, stays under
 {protected:g} dB, the grid's threshold, and an attack that knows the defense was among them), best accuracy first
 among the protective ones:</p><ol>{advice}</ol>
@@ -230,7 +323,19 @@ Exact attacks (bias trick, SPEAR) are not slowed by local iterations on a single
 clients.</p>
 <h2>Privacy-utility trade-off</h2>
 {_img(plot, "trade-off") if has_plot else "<p>No utility was measured (add a [utility] section).</p>"}
-<h2>Cells</h2>{_html_table(columns, [[r[c] for c in columns] for r in rows])}
+<h2>Cells</h2>{_html_table(columns, [[r[c] for c in columns] for r in rows])}"""
+        if rows
+        else ""
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gradinv grid: {html.escape(name)}</title>
+<style>{STYLE}table{{font-size:12px}}</style></head><body>
+<h1>Gradient inversion grid: {html.escape(name)}</h1>
+<p>{len(recorded)} cells recorded, {len(failed)} failed. PSNR in dB against the private images (mean and std over
+all images and seeds); <i>encoding_psnr</i>: against what the client trained on (MixUp/InstaHide encodings, ATS's
+transformed images, the augmented batch);
+<i>cost_seconds</i>: estimated time to recover the client's whole dataset (inversions times seconds per
+inversion, Huang et al. 2021 Sec. 6); <i>matched</i>: share of images the attack returned an image for.</p>
+{image_part}
 <h2>Failed cells</h2>{
         _html_table(
             ["attack", "defense", "threat", "seed", "error"],
@@ -248,7 +353,8 @@ clients.</p>
         if failed
         else "<p>None.</p>"
     }
-<h2>Reconstructions</h2>{pictures}
+{"<h2>Reconstructions</h2>" + pictures if rows else ""}
+{text_section(every, recorded, protected_rouge)}
 </body></html>"""
     target = folder / "report.html"
     atomic_write_text(target, page)

@@ -8,6 +8,7 @@ import torch
 import gradinv as gi
 from gradinv.evaluate import GridError, load_grid
 from gradinv.evaluate.grid import attack_label
+from tests.helpers import grid_file
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 BASE = """[grid]
@@ -21,12 +22,6 @@ hidden = [32]
 [[attacks]]
 name = "bias_trick"
 """
-
-
-def _grid(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "grid.toml"
-    path.write_text(text)
-    return path
 
 
 def test_tiny_example_expands_into_its_cells() -> None:
@@ -59,7 +54,7 @@ chain = [{ name = "prune", ratio = 0.9 }, { name = "mixup", k = 4 }]
 batch_sizes = [4]
 """
     )
-    grid = load_grid(_grid(tmp_path, text))
+    grid = load_grid(grid_file(tmp_path, text))
     labels = sorted({c.config["defense_label"] for c in grid.cells})
     assert labels == ["prune(ratio=0.9)+mixup(k=4)", "pruned (ratio=0.5)", "pruned (ratio=0.9)", "pruned (ratio=0.99)"]
     assert len(grid.cells) == 3 * 2 + 1
@@ -86,22 +81,24 @@ batch_sizes = [4]
     ],
 )
 def test_bad_grids_are_rejected_with_line_and_reason(tmp_path: Path, extra: str, line: int, reason: str) -> None:
-    path = _grid(tmp_path, BASE + extra)
+    path = grid_file(tmp_path, BASE + extra)
     with pytest.raises(GridError, match=rf"grid.toml:{line}:.*{reason}"):
         load_grid(path)
 
 
 def test_grid_level_errors(tmp_path: Path) -> None:
     with pytest.raises(GridError, match="grid.toml:3:.*batch size 3 must be a positive integer dividing images = 4"):
-        load_grid(_grid(tmp_path, BASE.replace("[1, 4]", "[1, 3]") + '[[defenses]]\nname = "none"\n'))
+        load_grid(grid_file(tmp_path, BASE.replace("[1, 4]", "[1, 3]") + '[[defenses]]\nname = "none"\n'))
     with pytest.raises(GridError, match="not valid TOML"):
-        load_grid(_grid(tmp_path, "[grid\nimages = 4\n"))
+        load_grid(grid_file(tmp_path, "[grid\nimages = 4\n"))
     with pytest.raises(GridError, match=r"\[grid\] unknown key 'imgs'"):
-        load_grid(_grid(tmp_path, BASE.replace("images = 4", "images = 4\nimgs = 2") + '[[defenses]]\nname = "none"\n'))
+        load_grid(
+            grid_file(tmp_path, BASE.replace("images = 4", "images = 4\nimgs = 2") + '[[defenses]]\nname = "none"\n')
+        )
     with pytest.raises(GridError, match="at least one \\[\\[defenses\\]\\]"):
-        load_grid(_grid(tmp_path, BASE))
+        load_grid(grid_file(tmp_path, BASE))
     with pytest.raises(GridError, match="unknown model 'vgg'"):
-        load_grid(_grid(tmp_path, BASE.replace('"mlp"', '"vgg"') + '[[defenses]]\nname = "none"\n'))
+        load_grid(grid_file(tmp_path, BASE.replace('"mlp"', '"vgg"') + '[[defenses]]\nname = "none"\n'))
     assert issubclass(GridError, ValueError) and gi.evaluate.GridError is GridError
 
 
@@ -125,7 +122,7 @@ def test_attack_entries_of_one_attack_are_told_apart(tmp_path: Path) -> None:
         BASE.replace("images = 4", "images = 4\nsize = 8").replace('name = "bias_trick"', 'name = "dlg"\nsteps = 2')
         + '\n[[attacks]]\nname = "dlg"\n'
     )
-    grid = load_grid(_grid(tmp_path, text + '[[defenses]]\nname = "none"\n'))
+    grid = load_grid(grid_file(tmp_path, text + '[[defenses]]\nname = "none"\n'))
     assert {attack_label(c.config) for c in grid.cells} == {"dlg(steps=2)", "dlg"}
 
 
@@ -138,13 +135,13 @@ def test_attack_entries_of_one_attack_are_told_apart(tmp_path: Path) -> None:
 )
 def test_threat_restrictions_are_checked(tmp_path: Path, extra: str, line: int, reason: str) -> None:
     with pytest.raises(GridError, match=rf"grid.toml:{line}:.*{reason}"):
-        load_grid(_grid(tmp_path, BASE + "\n" + extra))
+        load_grid(grid_file(tmp_path, BASE + "\n" + extra))
 
 
 def test_pretraining_needs_a_utility_dataset(tmp_path: Path) -> None:
     text = BASE.replace("images = 4", "images = 4\npretrain_epochs = 1") + '[[defenses]]\nname = "none"\n'
     with pytest.raises(GridError, match="grid.toml:3:.*needs a \\[utility\\] dataset"):
-        load_grid(_grid(tmp_path, text))
+        load_grid(grid_file(tmp_path, text))
 
 
 def test_an_adaptive_attack_runs_only_against_the_defenses_it_adapts_to(tmp_path: Path) -> None:
@@ -178,7 +175,7 @@ k = 2
 pool = "batch"
 batch_sizes = [4]
 """
-    grid = load_grid(_grid(tmp_path, BASE + defenses))
+    grid = load_grid(grid_file(tmp_path, BASE + defenses))
     pairs = {(attack_label(c.config), c.config["defense_label"]) for c in grid.cells}
     # noise has its noise-aware counterpart; MixUp has none (its encodings have their own decoding attack)
     adapted = {d for a, d in pairs if a == "ig adaptive"}
@@ -191,7 +188,7 @@ batch_sizes = [4]
         + '[[defenses]]\nname = "mixup"\nk = 2\npool = "batch"\nbatch_sizes = [4]\n'
     )
     with pytest.raises(GridError, match="'ig adaptive' is adaptive, but no defense of the grid has an adaptive"):
-        load_grid(_grid(tmp_path, only_mixup))
+        load_grid(grid_file(tmp_path, only_mixup))
 
 
 def test_the_vertical_example_makes_one_cell_per_setting_not_per_model() -> None:
@@ -240,14 +237,14 @@ name = "cafe"
 )
 def test_impossible_vertical_cells_are_rejected(tmp_path: Path, extra: str, reason: str) -> None:
     with pytest.raises(GridError, match=reason):
-        load_grid(_grid(tmp_path, VERTICAL + extra))
+        load_grid(grid_file(tmp_path, VERTICAL + extra))
 
 
 def test_a_vertical_cell_recovers_the_parties_samples_and_its_defense_bites(tmp_path: Path) -> None:
     from gradinv.evaluate.cells import run_cell
 
     defended = '[vertical]\niterations = 24\n[[defenses]]\nname = "none"\n[[defenses]]\nname = "noise"\nstd = 0.01\n'
-    grid = load_grid(_grid(tmp_path, VERTICAL + defended))
+    grid = load_grid(grid_file(tmp_path, VERTICAL + defended))
     by_defense = {
         c.config["defense_label"]: run_cell({**c.config, "attack_options": {"passes": 6}}) for c in grid.cells
     }
@@ -290,7 +287,7 @@ def test_a_grid_names_its_own_generator_for_gias_relative_to_the_grid_file(tmp_p
     save_file(weights, str(tmp_path / "tiny.safetensors"))
     entry = 'name = "gias"\nsteps = 4\nrestarts = 1\ngenerator = "gen.py:Tiny"\ngenerator_weights = "tiny.safetensors"'
     text = BASE.replace("images = 4", "images = 4\nsize = 8").replace('name = "bias_trick"', entry)
-    grid = load_grid(_grid(tmp_path, text + '[[defenses]]\nname = "none"\n'))
+    grid = load_grid(grid_file(tmp_path, text + '[[defenses]]\nname = "none"\n'))
     options = grid.cells[0].config["attack_options"]
     assert options["generator"] == f"{tmp_path.resolve() / 'gen.py'}:Tiny"
     assert options["generator_weights"] == str(tmp_path.resolve() / "tiny.safetensors")
@@ -302,9 +299,9 @@ def test_a_grid_names_its_own_generator_for_gias_relative_to_the_grid_file(tmp_p
     result = run_cell(grid.cells[0].config)
     assert result["summary"]["psnr"]["mean"] is not None and len(result["rows"]) == 4
     with pytest.raises(GridError, match="generator_weights is for a generator given as"):
-        load_grid(_grid(tmp_path, text.replace('"gen.py:Tiny"', '"digits16"') + '[[defenses]]\nname = "none"\n'))
+        load_grid(grid_file(tmp_path, text.replace('"gen.py:Tiny"', '"digits16"') + '[[defenses]]\nname = "none"\n'))
     with pytest.raises(GridError, match="generator: file .*nope.py does not exist"):
-        load_grid(_grid(tmp_path, text.replace("gen.py", "nope.py") + '[[defenses]]\nname = "none"\n'))
+        load_grid(grid_file(tmp_path, text.replace("gen.py", "nope.py") + '[[defenses]]\nname = "none"\n'))
 
 
 def test_realistic_example_crosses_presets_training_and_batchnorm() -> None:
@@ -325,7 +322,7 @@ def test_a_models_own_pretraining_and_label(tmp_path: Path) -> None:
     models = '[[models]]\nname = "mlp"\nhidden = [32]\nlabel = "fresh"\n'
     models += '[[models]]\nname = "mlp"\nhidden = [32]\nlabel = "trained"\npretrain_epochs = 3\n'
     text = BASE.replace('[[models]]\nname = "mlp"\nhidden = [32]\n', utility + models) + '[[defenses]]\nname = "none"\n'
-    grid = load_grid(_grid(tmp_path, text))
+    grid = load_grid(grid_file(tmp_path, text))
     epochs = {(c.config["model_label"], c.config.get("pretrain_epochs")) for c in grid.cells}
     assert epochs == {("fresh", None), ("trained", 3)}
     assert all("label" not in c.config["model_options"] for c in grid.cells)
@@ -334,17 +331,17 @@ def test_a_models_own_pretraining_and_label(tmp_path: Path) -> None:
         'label = "fresh"', 'label = "fresh"\npretrain_epochs = 0'
     )
     assert {
-        (c.config["model_label"], c.config.get("pretrain_epochs")) for c in load_grid(_grid(tmp_path, both)).cells
+        (c.config["model_label"], c.config.get("pretrain_epochs")) for c in load_grid(grid_file(tmp_path, both)).cells
     } == {
         ("fresh", None),
         ("trained", 3),
     }
     with pytest.raises(GridError, match="need different labels"):
-        load_grid(_grid(tmp_path, text.replace('label = "trained"', 'label = "fresh"')))
+        load_grid(grid_file(tmp_path, text.replace('label = "trained"', 'label = "fresh"')))
     with pytest.raises(GridError, match="needs a \\[utility\\] dataset"):
-        load_grid(_grid(tmp_path, text.replace(utility, "")))
+        load_grid(grid_file(tmp_path, text.replace(utility, "")))
     with pytest.raises(GridError, match="pretrain_epochs must be in"):
-        load_grid(_grid(tmp_path, text.replace("pretrain_epochs = 3", "pretrain_epochs = -1")))
+        load_grid(grid_file(tmp_path, text.replace("pretrain_epochs = 3", "pretrain_epochs = -1")))
     # results tell the two entries apart by their labels (a grid point per label, not per zoo name)
     from gradinv.evaluate.results import _point
 
@@ -357,7 +354,7 @@ def test_an_augmenting_clients_cell_is_scored_against_what_it_trained_on(tmp_pat
     # the bias trick inverts the MLP's first layer exactly: it returns the image the client trained on
     threats = '[[threats]]\nlabel = "flips"\naugmentation = "flip"\n[[threats]]\nlabel = "plain"\n'
     text = BASE.replace("batch_sizes = [1, 4]", 'batch_sizes = [1]\ndata = "skimage"\nsize = 8')
-    grid = load_grid(_grid(tmp_path, text + threats + '[[defenses]]\nname = "none"\n'))
+    grid = load_grid(grid_file(tmp_path, text + threats + '[[defenses]]\nname = "none"\n'))
     cells = {c.config["threat_label"]: c for c in grid.cells}
     assert cells["flips"].config["threat"]["augmentation"] == "flip"
     assert "augmentation" not in cells["plain"].config["threat"]  # quiet: older grids keep their keys
@@ -383,7 +380,7 @@ def test_a_pretrained_cell_records_how_its_model_was_trained(tmp_path: Path) -> 
     )
     text = text.replace("hidden = [32]\n", 'hidden = [16]\nlabel = "trained"\npretrain_epochs = 1\n')
     text += '[utility]\ndataset = "digits"\nn = 300\n[[defenses]]\nname = "none"\n'
-    cell = load_grid(_grid(tmp_path, text)).cells[0]
+    cell = load_grid(grid_file(tmp_path, text)).cells[0]
     trained = run_cell(cell.config)["summary"]["model_training"]
     fresh = run_cell({**cell.config, "pretrain_epochs": 0})["summary"]["model_training"]
     assert len(trained) == 1 and trained[0]["epochs"] == 1 and trained[0]["n_train"] == 240 and fresh == []

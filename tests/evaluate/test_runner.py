@@ -139,7 +139,8 @@ def test_report_and_exports(finished: Path, monkeypatch: pytest.MonkeyPatch) -> 
     shown = runner.invoke(app, ["results", str(finished)])
     assert shown.exit_code == 0 and "bias_trick" in shown.stdout and "prune(ratio=0.99)" in shown.stdout
     assert "fedavg 3 steps" in shown.stdout and "…" not in shown.stdout and "cost s" in shown.stdout
-    assert "in every row: batch 1" in shown.stdout, shown.stdout  # a column with one value moves to the caption
+    # a column with one value moves to the caption
+    assert "in every row: model mlp, batch 1" in shown.stdout.replace("\n", " "), shown.stdout
     assert max(len(line) for line in shown.stdout.splitlines()) <= 80
 
 
