@@ -10,8 +10,9 @@ layers, width 768, 12 heads; random weights, the shipped WordPiece vocabulary), 
 next-token loss. Encoder: all-MiniLM-L6-v2 (trained, width 384) with a new classifier head, sentences cut at
 ``--encoder-length`` tokens.
 
-``--noise``: four reviews through a random 3-layer GPT-2 of width 384 under Gaussian noise on the gradient and under
-DP-SGD (clipping norm 1), DAGER as published (``noise_aware=False``) beside DAGER reading the recorded noise; the
+``--noise``: four reviews through a random 3-layer GPT-2 of width 384 under Gaussian noise on the gradient, under
+DP-SGD (clipping norm 1) and under quantisation (8 to 16 bits), DAGER as published (``noise_aware=False``) beside
+DAGER reading the recorded noise (for quantisation, its rounding error: uniform over a step); the
 release's epsilon at delta 1e-5 for the DP-SGD rows; then the trained MiniLM encoder (one review, 12 tokens) under
 noise 1e-8, 1e-7 and 1e-6.
 """
@@ -51,6 +52,7 @@ def noise_sweep(tokenizer) -> None:
     model = make_text_model("gpt2", seed=0, n_layer=3, n_embd=384, n_head=6)
     settings = [("noise", {"std": s}) for s in (1e-7, 1e-6, 3e-6, 1e-5)]
     settings += [("dpsgd", {"noise_multiplier": m, "max_grad_norm": 1.0}) for m in (0.0, 4e-8, 4e-7, 4e-6, 1.0)]
+    settings += [("quantize", {"bits": b}) for b in (8, 10, 12, 14, 16)]  # the rounding read as noise of its step
     for name, options in settings:
         defense = gi.defenses.make(name, **options)
         obs = observe_text(model, tokenizer, texts, labels, defenses=[defense])

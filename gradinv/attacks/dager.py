@@ -34,7 +34,8 @@ noise level the observation records (the official code takes it as an argument, 
 read above the noise's spectral edge and the thresholds are widened (ours): to a fraction of Wedin's bound on the
 span's error (:data:`NOISE_SLACK`), and for each vector to a multiple of its own first-order error, the edge times the
 norm of its span coefficients each divided by its singular value (:data:`VECTOR_SLACK`, :data:`SECOND_SLACK`); nothing
-is certified then.
+is certified then. Quantisation is read the same way (ours): its rounding error, uniform over one step whose size
+the shared tensor shows (:func:`rounding_noise`), is noise of std ``step / sqrt(12)`` per entry.
 
 A LoRA client (PEFT adapters ``W + B A`` on the attention projections) shares the gradients of ``A`` and ``B``; that of
 ``A`` is ``B^T dL/dY X^T``, whose row space is the span of the layer's inputs while they number fewer than the
@@ -171,6 +172,22 @@ def recorded_noise(observation: TextObservation) -> float:
     return math.sqrt(variance)
 
 
+def rounding_noise(observation: TextObservation, name: str) -> float:
+    """The std of the rounding error a recorded ``quantize`` defense left in the shared tensor ``name``: uniform over
+    one step (``step / sqrt(12)``), the step read off the tensor itself (its largest entry is a level:
+    ``max |g| / (2^(bits-1) - 1)``, :func:`gradinv.defenses.quantize.quantize_uniform`); 0 when nothing was quantised,
+    and for one bit (signs: no step to read an error from). Rounding errors of a fine step behave as independent
+    noise of that std (ours: the reading of :func:`noise_rank` applies)."""
+    variance = 0.0
+    for defense in observation.defenses:
+        if defense.get("name") == "quantize":
+            half = 2 ** (int(defense["bits"]) - 1) - 1
+            if half > 0:
+                step = float(observation.update[name].abs().max()) / half
+                variance += step**2 / 12
+    return math.sqrt(variance)
+
+
 def altering_defenses(observation: TextObservation) -> list[str]:
     """The recorded defenses that change the update's entries (noise, pruning, quantisation, signs, DP-SGD's noise):
     under any of them a span test can pass a wrong sentence (16-bit quantisation of a random GPT-2's gradient: one
@@ -199,11 +216,11 @@ class DAGER:
         beam: prefixes the encoder's beam search keeps per position.
         per_prefix: extensions of each prefix the beam search considers (its lowest-distance ones).
         chunk: sequences per forward pass.
-        noise_aware: where the observation records noise (a ``noise`` defense, DP-SGD), read the span above the
-            noise's spectral edge (:func:`noise_rank`) and widen the thresholds to the span's error (module
-            docstring; the official code likewise takes the noise level as an argument). No sentence is certified
-            under noise. ``False``: the attack as published (under noise it reads a full span and stops, or passes
-            no sentence whole).
+        noise_aware: where the observation records noise (a ``noise`` defense, DP-SGD) or quantisation (its
+            rounding error, :func:`rounding_noise`), read the span above the noise's spectral edge
+            (:func:`noise_rank`) and widen the thresholds to the span's error (module docstring; the official code
+            likewise takes the noise level as an argument). No sentence is certified under noise. ``False``: the
+            attack as published (under noise it reads a full span and stops, or passes no sentence whole).
     """
 
     name = "dager"
@@ -275,15 +292,21 @@ class DAGER:
         grads = [lay.input_space(observation.update[name]) for name in lay.projections[:2]]
         eps = float(torch.finfo(observation.update[lay.projections[0]].dtype).eps)
         noise = recorded_noise(observation) if self.noise_aware else 0.0
+        # per layer: the recorded noise and any quantisation's rounding error of that tensor (variances add)
+        rounding = [rounding_noise(observation, name) if self.noise_aware else 0.0 for name in lay.projections[:2]]
+        levels = [math.sqrt(noise**2 + r**2) for r in rounding]
         spectra = [torch.linalg.svdvals(g.double()) for g in grads]  # one SVD per layer serves every rule below
         floors = [0.0, 0.0]
-        if noise > 0:
+        aware = max(levels) > 0
+        if aware:
             floors = [ROUNDING_EDGE * rounding_median(g, eps, values=v) for g, v in zip(grads, spectra, strict=True)]
-            ranks = [noise_rank(g, noise, f, values=v) for g, f, v in zip(grads, floors, spectra, strict=True)]
+            ranks = [noise_rank(g, n, f, values=v) for g, n, f, v in zip(grads, levels, floors, spectra, strict=True)]
         else:
             ranks = [numerical_rank(g, eps, values=v) for g, v in zip(grads, spectra, strict=True)]
         rank, width = max(ranks), grads[0].shape[0]
         info: dict[str, Any] = {"ranks": ranks, "width": width, "noise_std": noise}
+        if max(rounding) > 0:
+            info["rounding_std"] = rounding
         message = None
         if rank > width - self.rank_cutoff:
             message = f"the span has rank {rank}, within {self.rank_cutoff} of the layer width {width}: too many tokens"
@@ -301,14 +324,14 @@ class DAGER:
             return self._result(observation, [], [], start, info | {"stopped": message}, message)
         bases = [span_basis(g, r) for g, r in zip(grads, ranks, strict=True)]
         search_with = self
-        if noise > 0:  # the thresholds widened to the span's error under the recorded noise
+        if aware:  # the thresholds widened to the span's error under the recorded noise
             search_with = copy.copy(self)
-            layers = list(zip(grads, ranks, floors, spectra, strict=True))
-            bounds = [wedin_bound(g, noise, r, f, values=v) for g, r, f, v in layers]
+            layers = list(zip(grads, levels, ranks, floors, spectra, strict=True))
+            bounds = [wedin_bound(g, n, r, f, values=v) for g, n, r, f, v in layers]
             search_with.tau1 = max(self.tau1, NOISE_SLACK * bounds[0])
             search_with.tau2 = max(self.tau2, NOISE_SLACK * bounds[1])
             info["thresholds"] = [search_with.tau1, search_with.tau2]
-            errors = [max(noise_edge(g, noise), f) / v[:r] for g, r, f, v in layers]
+            errors = [max(noise_edge(g, n), f) / v[:r] for g, n, r, f, v in layers]
             search_with._error, search_with._error2 = errors
         with torch.no_grad():
             candidates = search_with._candidates(lay, bases[0])
@@ -335,9 +358,14 @@ class DAGER:
                 f"not certified: the update passed through {', '.join(altered)}, which change its entries, so the "
                 "spans read need not be those of the client's inputs"
             )
-        if noise > 0:
+        if aware:
+            what = " and ".join(
+                part
+                for part, present in ((f"noise of std {noise:.3g}", noise > 0), ("quantisation", max(rounding) > 0))
+                if present
+            )
             certificate += (
-                f"; noise of std {noise:.3g} recorded, spans read above its edge (ranks {ranks}), sentences kept "
+                f"; {what} recorded, spans read above its edge (ranks {ranks}), sentences kept "
                 f"within {search_with.tau1:.3g} and {search_with.tau2:.3g} of them"
             )
         if closing is not None:

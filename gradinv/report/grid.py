@@ -96,8 +96,8 @@ def text_ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_ROUGE)
 
     ``status``: ``"leaks"`` (a sentence came back exactly, or ROUGE-1 reached ``protected``), ``"protective"``
     (neither, against a chain of defenses whose level DAGER reads (:data:`NOISE_READING`) with DAGER run reading
-    it), ``"unverified"`` (neither, but no attack that knows the defense was run: there is none for pruning,
-    quantisation or signs on text, or no defense at all). Protective first, then unverified, by worst case; then the
+    it), ``"unverified"`` (neither, but no attack that knows the defense was run: there is none for pruning, top-k
+    or signs on text, or no defense at all). Protective first, then unverified, by worst case; then the
     leaking ones, lowest worst case first."""
     per: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -132,7 +132,7 @@ def text_ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_ROUGE)
 TEXT_VERDICTS = {
     "protective": " - protective (against the text attacks run, DAGER reading the recorded noise among them)",
     "unverified": " - holds against the text attacks run, but none of them knows this defense (gradinv has no "
-    "adaptive text attack for pruning, quantisation or signs): not shown protective",
+    "adaptive text attack for pruning, top-k or signs): not shown protective",
     "leaks": " - leaks",
 }
 

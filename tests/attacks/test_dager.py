@@ -10,6 +10,7 @@ from gradinv.attacks.dager import (
     noise_rank,
     numerical_rank,
     recorded_noise,
+    rounding_noise,
     span_basis,
     span_distance,
     wedin_bound,
@@ -17,6 +18,7 @@ from gradinv.attacks.dager import (
 from gradinv.fl.text_client import observe_text
 from gradinv.metrics.text import references, text_score
 from gradinv.text import make_text_model, with_lora
+from gradinv.text.models import layout
 
 GPT2 = {"n_layer": 3, "n_embd": 384, "n_head": 6}
 
@@ -99,11 +101,31 @@ def test_nothing_is_certified_behind_a_defense_that_changes_the_update(tokenizer
     texts, labels = reviews[0][:4], reviews[1][:4]
     model = make_text_model("gpt2", seed=0, **GPT2)
     obs = observe_text(model, tokenizer, texts, labels, defenses=[gi.defenses.make("quantize", bits=16)])
-    # Execute
-    rec = gi.attacks.make("dager").reconstruct(obs)
+    # Execute: DAGER as published (reading the rounding as noise is the next test)
+    rec = gi.attacks.make("dager", noise_aware=False).reconstruct(obs)
     # Assert: what passes is returned, none of it certified, and the certificate says why
     assert rec.info["ranks"] == [120, 124] and rec.texts and min(rec.info["distances"]) < 1e-3
     assert not any(rec.certified) and "passed through quantize" in rec.certificate
+
+
+def test_quantisation_is_read_as_noise_of_its_step(tokenizer, reviews) -> None:
+    # Prepare: the same four reviews, the gradient quantised to 14 bits: as published, DAGER reads a full span and stops
+    texts, labels = reviews[0][:4], reviews[1][:4]
+    model = make_text_model("gpt2", seed=0, **GPT2)
+    obs = observe_text(model, tokenizer, texts, labels, defenses=[gi.defenses.make("quantize", bits=14)])
+    # Execute
+    published = gi.attacks.make("dager", noise_aware=False).reconstruct(obs)
+    aware = gi.attacks.make("dager").reconstruct(obs)
+    # Assert: the rounding error of each tensor, uniform over its step (max |g| / 8191), read as noise of std
+    # step / sqrt(12), lets DAGER read the spans above it: every review exact, none certified
+    name = layout(model).projections[0]
+    step = float(obs.update[name].abs().max()) / (2**13 - 1)
+    assert rounding_noise(obs, name) == pytest.approx(step / 12**0.5)
+    assert "too many tokens" in published.info["stopped"]
+    assert text_score(aware, texts, tokenizer)["exact"] == 1.0 and not any(aware.certified)
+    second = layout(model).projections[1]  # each layer's own step
+    assert aware.info["rounding_std"] == [rounding_noise(obs, name), rounding_noise(obs, second)]
+    assert rounding_noise(obs, name) != rounding_noise(obs, second) and "quantisation recorded" in aware.certificate
 
 
 def test_under_noise_each_vector_is_allowed_its_own_error_on_the_trained_encoder(tokenizer, reviews) -> None:

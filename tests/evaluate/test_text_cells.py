@@ -153,6 +153,7 @@ def test_the_text_ranking_needs_an_attack_that_knows_the_defense() -> None:
         _row("dpsgd", ["dpsgd"], 0.35),
         _row("none", [], 0.1),
         _row("quantize", ["quantize"], 0.1, exact=0.25),  # low ROUGE on average, yet one sentence exact
+        _row("quantize 8 bits", ["quantize"], 0.05),  # DAGER reads its rounding as noise: an attack that knows it
         {"modality": "image", "defense_label": "images", "defenses": [], "rouge1": None},
     ]
     ranked = {e["defense"]: e["status"] for e in text_ranking(rows, PROTECTED_ROUGE)}
@@ -163,9 +164,11 @@ def test_the_text_ranking_needs_an_attack_that_knows_the_defense() -> None:
         "dpsgd": "leaks",
         "none": "unverified",
         "quantize": "leaks",
+        "quantize 8 bits": "protective",
     }
     order = [e["defense"] for e in text_ranking(rows, PROTECTED_ROUGE)]
-    assert order[0] == "noise" and order[-2:] == ["quantize", "dpsgd"]  # leaks last, lowest worst case first
+    # protective first (lowest worst case first), leaks last (likewise)
+    assert order[:2] == ["quantize 8 bits", "noise"] and order[-2:] == ["quantize", "dpsgd"]
 
 
 def test_guessing_frequent_words_stays_under_the_text_threshold(tokenizer) -> None:
