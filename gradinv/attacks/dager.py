@@ -35,7 +35,10 @@ read above the noise's spectral edge and the thresholds are widened (ours): to a
 span's error (:data:`NOISE_SLACK`), and for each vector to a multiple of its own first-order error, the edge times the
 norm of its span coefficients each divided by its singular value (:data:`VECTOR_SLACK`, :data:`SECOND_SLACK`); nothing
 is certified then. Quantisation is read the same way (ours): its rounding error, uniform over one step whose size
-the shared tensor shows (:func:`rounding_noise`), is noise of std ``step / sqrt(12)`` per entry.
+the shared tensor shows (:func:`rounding_noise`), is noise of std ``step / sqrt(12)`` per entry. Under pruning or
+top-k alone (ours) the zeros are unknown entries of the low-rank gradients: where enough survive they are filled in
+(:func:`gradinv.attacks.completion.complete`, alternating least squares) and the search runs on the completion, its
+thresholds at least three times how far two completions' spans differ; where too few survive the attack says so.
 
 A LoRA client (PEFT adapters ``W + B A`` on the attention projections) shares the gradients of ``A`` and ``B``; that of
 ``A`` is ``B^T dL/dY X^T``, whose row space is the span of the layer's inputs while they number fewer than the
@@ -56,6 +59,7 @@ from typing import Any
 
 import torch
 
+from gradinv.attacks.completion import complete
 from gradinv.text.models import TransformerLayout, input_format, layout
 from gradinv.text.observation import TextObservation, TextReconstruction
 from gradinv.validation import check_arguments
@@ -78,6 +82,9 @@ VECTOR_SLACK = 3.0
 
 #: The same for the second layer's inputs (prefixes and sentences).
 SECOND_SLACK = 1.0
+
+#: Under pruning, each layer's threshold is at least this multiple of how far two completions' spans differ.
+COMPLETION_SLACK = 3.0
 
 
 def numerical_rank(matrix: torch.Tensor, eps: float, *, values: torch.Tensor | None = None) -> int:
@@ -188,6 +195,14 @@ def rounding_noise(observation: TextObservation, name: str) -> float:
     return math.sqrt(variance)
 
 
+def sparsified_only(observation: TextObservation) -> bool:
+    """Whether the update was sparsified (``prune``, ``topk``: entries zeroed, the rest exact) and altered no other
+    way (DP-SGD without noise only rescales): its zeros are then unknown entries of the low-rank gradient, which
+    :func:`~gradinv.attacks.completion.complete` fills in where enough survive."""
+    altered = altering_defenses(observation)
+    return bool(altered) and all(name in ("prune", "topk") for name in altered)
+
+
 def altering_defenses(observation: TextObservation) -> list[str]:
     """The recorded defenses that change the update's entries (noise, pruning, quantisation, signs, DP-SGD's noise):
     under any of them a span test can pass a wrong sentence (16-bit quantisation of a random GPT-2's gradient: one
@@ -216,8 +231,9 @@ class DAGER:
         beam: prefixes the encoder's beam search keeps per position.
         per_prefix: extensions of each prefix the beam search considers (its lowest-distance ones).
         chunk: sequences per forward pass.
-        noise_aware: where the observation records noise (a ``noise`` defense, DP-SGD) or quantisation (its
-            rounding error, :func:`rounding_noise`), read the span above the noise's spectral edge
+        noise_aware: where the observation records pruning or top-k alone, complete the gradients' zeroed entries
+            (:mod:`~gradinv.attacks.completion`); where it records noise (a ``noise`` defense, DP-SGD) or
+            quantisation (its rounding error, :func:`rounding_noise`), read the span above the noise's spectral edge
             (:func:`noise_rank`) and widen the thresholds to the span's error (module docstring; the official code
             likewise takes the noise level as an argument). No sentence is certified under noise. ``False``: the
             attack as published (under noise it reads a full span and stops, or passes no sentence whole).
@@ -291,6 +307,15 @@ class DAGER:
             raise ValueError(f"dager needs the gradients of the first two attention projections; missing {missing}")
         grads = [lay.input_space(observation.update[name]) for name in lay.projections[:2]]
         eps = float(torch.finfo(observation.update[lay.projections[0]].dtype).eps)
+        completion: list[dict[str, Any]] = []
+        if self.noise_aware and sparsified_only(observation):  # the zeros are unknown entries of a low-rank matrix
+            for index, g in enumerate(grads):
+                filled, done = complete(g)
+                completion.append(done)
+                if filled is None:
+                    why = f"pruned gradient not completed: {done['stopped']}"
+                    return self._result(observation, [], [], start, {"completion": completion, "stopped": why}, why)
+                grads[index] = filled
         noise = recorded_noise(observation) if self.noise_aware else 0.0
         # per layer: the recorded noise and any quantisation's rounding error of that tensor (variances add)
         rounding = [rounding_noise(observation, name) if self.noise_aware else 0.0 for name in lay.projections[:2]]
@@ -307,6 +332,8 @@ class DAGER:
         info: dict[str, Any] = {"ranks": ranks, "width": width, "noise_std": noise}
         if max(rounding) > 0:
             info["rounding_std"] = rounding
+        if completion:
+            info["completion"] = completion
         message = None
         if rank > width - self.rank_cutoff:
             message = f"the span has rank {rank}, within {self.rank_cutoff} of the layer width {width}: too many tokens"
@@ -333,6 +360,11 @@ class DAGER:
             info["thresholds"] = [search_with.tau1, search_with.tau2]
             errors = [max(noise_edge(g, n), f) / v[:r] for g, n, r, f, v in layers]
             search_with._error, search_with._error2 = errors
+        if completion:  # the spans completed are as far off as two completions differ: thresholds at least that
+            search_with = copy.copy(search_with)
+            search_with.tau1 = max(search_with.tau1, COMPLETION_SLACK * completion[0]["agreement"])
+            search_with.tau2 = max(search_with.tau2, COMPLETION_SLACK * completion[1]["agreement"])
+            info["thresholds"] = [search_with.tau1, search_with.tau2]
         with torch.no_grad():
             candidates = search_with._candidates(lay, bases[0])
             info["candidates"] = [len(c) for c in candidates]

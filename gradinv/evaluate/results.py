@@ -98,7 +98,7 @@ def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[
             certified_wrong=sum(c["summary"].get("certified_wrong", 0) for c in done)
             if config.get("modality") == "text"
             else None,
-            reads_noise=config.get("attack") == "dager" and config.get("attack_options", {}).get("noise_aware", True),
+            dager_aware=config.get("attack") == "dager" and config.get("attack_options", {}).get("noise_aware", True),
         )
         rows.append(row)
     return rows

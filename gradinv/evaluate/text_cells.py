@@ -36,10 +36,11 @@ Guessing the most frequent words of the prior corpus, without any gradient, scor
 tokens) ROUGE-1 on the bundled reviews (``tests/evaluate/test_text_cells.py`` re-measures it): a threshold above
 what no attack needs, stated in the report, not a paper's."""
 
-NOISE_READING = frozenset({"noise", "dpsgd", "quantize"})
-"""Defenses whose recorded level DAGER reads (``noise_aware``, the official code's ``--defense_noise``; for
-quantisation its rounding error, :func:`gradinv.attacks.dager.rounding_noise`): DAGER run with it is the attack that
-knows the defense. gradinv has no such attack for pruning, top-k or signs on text."""
+DAGER_READS = frozenset({"noise", "dpsgd", "quantize", "prune", "topk"})
+"""Defenses DAGER accounts for when run ``noise_aware`` (the default): recorded noise and DP-SGD's (the official
+code's ``--defense_noise``), quantisation's rounding (:func:`gradinv.attacks.dager.rounding_noise`), pruning and
+top-k (the zeros completed, :mod:`gradinv.attacks.completion`). DAGER so run is the attack that knows the defense;
+gradinv has no such text attack for signSGD."""
 
 SHOWN_SENTENCES = 64
 """Sentences per cell whose tokens (true and recovered) the summary keeps for the report."""

@@ -15,7 +15,7 @@ from gradinv.defenses.base import Defense
 from gradinv.evaluate.grid import Grid, attack_label
 from gradinv.evaluate.results import COLUMNS, TEXT_COLUMNS, table
 from gradinv.evaluate.store import Store
-from gradinv.evaluate.text_cells import NOISE_READING, PROTECTED_ROUGE
+from gradinv.evaluate.text_cells import DAGER_READS, PROTECTED_ROUGE
 from gradinv.observation import atomic_write, atomic_write_text
 from gradinv.report.html import STYLE, _fmt, _img, header
 from gradinv.report.text import coloured
@@ -95,9 +95,9 @@ def text_ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_ROUGE)
     sizes: the highest mean ROUGE-1 (``worst``) and the highest exact-sentence rate (``exact``).
 
     ``status``: ``"leaks"`` (a sentence came back exactly, or ROUGE-1 reached ``protected``), ``"protective"``
-    (neither, against a chain of defenses whose level DAGER reads (:data:`NOISE_READING`) with DAGER run reading
-    it), ``"unverified"`` (neither, but no attack that knows the defense was run: there is none for pruning, top-k
-    or signs on text, or no defense at all). Protective first, then unverified, by worst case; then the
+    (neither, against a chain of defenses DAGER accounts for (:data:`DAGER_READS`), with DAGER run so),
+    ``"unverified"`` (neither, but no attack that knows the defense was run: there is none for signSGD on text, or
+    DAGER ran only as published, or no defense at all). Protective first, then unverified, by worst case; then the
     leaking ones, lowest worst case first."""
     per: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -110,11 +110,11 @@ def text_ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_ROUGE)
                 "defense": row["defense_label"],
                 "worst": -1.0,
                 "exact": 0.0,
-                "readable": bool(names) and all(n in NOISE_READING for n in names),
+                "readable": bool(names) and all(n in DAGER_READS for n in names),
                 "reading_run": False,
             },
         )
-        entry["reading_run"] = entry["reading_run"] or bool(row.get("reads_noise"))
+        entry["reading_run"] = entry["reading_run"] or bool(row.get("dager_aware"))
         entry["exact"] = max(entry["exact"], row["exact"] or 0.0)
         if row["rouge1"] > entry["worst"]:
             entry.update(worst=row["rouge1"], by=row["attack"], threat=row["threat_label"], model=row["model"])
@@ -130,9 +130,9 @@ def text_ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_ROUGE)
 
 
 TEXT_VERDICTS = {
-    "protective": " - protective (against the text attacks run, DAGER reading the recorded noise among them)",
+    "protective": " - protective (against the text attacks run, DAGER accounting for the defense among them)",
     "unverified": " - holds against the text attacks run, but none of them knows this defense (gradinv has no "
-    "adaptive text attack for pruning, top-k or signs): not shown protective",
+    "adaptive text attack for signSGD, and DAGER was run only as published): not shown protective",
     "leaks": " - leaks",
 }
 

@@ -244,3 +244,27 @@ def test_dager_refuses_what_it_cannot_attack(tokenizer, reviews) -> None:
     with pytest.raises(ValueError, match="tau1"):
         gi.attacks.make("dager", tau1=0)
     assert gi.attacks.names("text") == ["tag", "lamp", "dager"] and "dager" not in gi.attacks.names()
+
+
+def test_a_pruned_gradient_is_completed_where_enough_entries_survive(tokenizer, reviews) -> None:
+    # Prepare: two reviews (12 tokens) through a random 3-layer GPT-2 of width 128, 30% of each tensor pruned (at
+    # width 192 half of it: benchmarks/dager.py --noise)
+    texts, labels = reviews[0][:2], reviews[1][:2]
+    model = make_text_model("gpt2", seed=0, n_layer=3, n_embd=128, n_head=2)
+    half = observe_text(model, tokenizer, texts, labels, max_length=12, defenses=[gi.defenses.make("prune", ratio=0.3)])
+    most = observe_text(model, tokenizer, texts, labels, max_length=12, defenses=[gi.defenses.make("prune", ratio=0.9)])
+    # Execute
+    published = gi.attacks.make("dager", noise_aware=False).reconstruct(half)
+    completed = gi.attacks.make("dager").reconstruct(half)
+    refused = gi.attacks.make("dager").reconstruct(most)
+    # Assert: as published the pruned gradient has full rank; completed, both reviews come back exactly (not
+    # certified), at the clean gradient's ranks; at 0.9 too few entries survive and the attack says so
+    assert "too many tokens" in published.info["stopped"]
+    clean = observe_text(model, tokenizer, texts, labels, max_length=12)
+    eps = float(torch.finfo(torch.float32).eps)
+    lay = layout(model)
+    assert [c["rank"] for c in completed.info["completion"]] == [
+        numerical_rank(lay.input_space(clean.update[name]), eps) for name in lay.projections[:2]
+    ]
+    assert text_score(completed, texts, tokenizer, max_length=12)["exact"] == 1.0 and not any(completed.certified)
+    assert not refused.texts and "pruned gradient not completed" in refused.info["stopped"]

@@ -142,14 +142,15 @@ def test_a_tag_cell_scores_against_the_sentences_it_attacked(tmp_path: Path) -> 
 
 def _row(defense: str, names: list[str], rouge1: float, exact: float = 0.0, reads: bool = True) -> dict:
     return {"modality": "text", "defense_label": defense, "defenses": names, "rouge1": rouge1, "exact": exact,
-            "reads_noise": reads, "attack": "dager", "threat_label": "t", "model": "m"}  # fmt: skip
+            "dager_aware": reads, "attack": "dager", "threat_label": "t", "model": "m"}  # fmt: skip
 
 
 def test_the_text_ranking_needs_an_attack_that_knows_the_defense() -> None:
     rows = [
         _row("noise", ["noise"], 0.1),
         _row("noise, published", ["noise"], 0.05, reads=False),  # only DAGER as published ran against it
-        _row("prune", ["prune"], 0.1),
+        _row("prune", ["prune"], 0.1),  # DAGER completes what pruning zeroed: it knows the defense
+        _row("sign", ["sign"], 0.1),  # gradinv has no text attack that knows signSGD
         _row("dpsgd", ["dpsgd"], 0.35),
         _row("none", [], 0.1),
         _row("quantize", ["quantize"], 0.1, exact=0.25),  # low ROUGE on average, yet one sentence exact
@@ -160,7 +161,8 @@ def test_the_text_ranking_needs_an_attack_that_knows_the_defense() -> None:
     assert ranked == {
         "noise": "protective",
         "noise, published": "unverified",
-        "prune": "unverified",
+        "prune": "protective",
+        "sign": "unverified",
         "dpsgd": "leaks",
         "none": "unverified",
         "quantize": "leaks",
@@ -168,7 +170,7 @@ def test_the_text_ranking_needs_an_attack_that_knows_the_defense() -> None:
     }
     order = [e["defense"] for e in text_ranking(rows, PROTECTED_ROUGE)]
     # protective first (lowest worst case first), leaks last (likewise)
-    assert order[:2] == ["quantize 8 bits", "noise"] and order[-2:] == ["quantize", "dpsgd"]
+    assert order[:3] == ["quantize 8 bits", "noise", "prune"] and order[-2:] == ["quantize", "dpsgd"]
 
 
 def test_guessing_frequent_words_stays_under_the_text_threshold(tokenizer) -> None:
