@@ -238,3 +238,12 @@ def test_each_batch_is_the_clients_next_sentences_with_their_labels(tmp_path: Pa
     tokenizer = text_cells.shipped_tokenizer()
     truth = [tokenizer.convert_ids_to_tokens(ids) for ids in text_cells.references(tokenizer, texts, 12)]
     assert [s["truth"] for s in summary["sentences"]] == truth
+
+
+def test_one_grid_holds_image_and_text_cells(tmp_path: Path) -> None:
+    images = '[[models]]\nname = "mlp"\nhidden = [16]\n[[attacks]]\nname = "bias_trick"\n[[defenses]]\nname = "none"\n'
+    grid = load_grid(grid_file(tmp_path, TEXT.replace("[grid]", "[grid]\nimages = 2") + images))
+    kinds = sorted(c.config.get("modality", "image") for c in grid.cells)
+    assert kinds == ["image", "text"]
+    image = next(c.config for c in grid.cells if "modality" not in c.config)
+    assert image["model"] == "mlp" and "text" not in image  # an image cell's key is as it was
