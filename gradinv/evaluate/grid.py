@@ -655,7 +655,7 @@ def load_grid(path: str | Path) -> Grid:
             if a in texts:
                 assert text is not None
                 for model in text_models:
-                    problem = text_conflict(attacks.TEXT_REGISTRY[name], options, threat, model["task"], chain)
+                    problem = text_conflict(attacks.TEXT_REGISTRY[name], options, threat, model, chain)
                     if problem:
                         where = f"text model {model.get('model_label', model['model'])!r}, threat {threat_label!r}"
                         raise _impossible(reader, a, d, f"{where}, defense {defense_label!r}", problem)

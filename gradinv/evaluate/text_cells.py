@@ -47,16 +47,26 @@ SHOWN_SENTENCES = 64
 
 
 def text_conflict(
-    attack: Any, options: dict[str, Any], threat: ThreatModel, task: str, chain: list[tuple[str, dict[str, Any]]]
+    attack: Any,
+    options: dict[str, Any],
+    threat: ThreatModel,
+    model: dict[str, Any],
+    chain: list[tuple[str, dict[str, Any]]],
 ) -> str | None:
-    """Why a text attack cannot run on this text model's task, threat model and defense chain, or ``None``."""
+    """Why a text attack cannot run on this text model (its ``task`` and ``lora_rank``), threat model and defense
+    chain, or ``None``."""
     if threat.server != "honest":
         return "text clients are simulated with an honest server (no malicious text model changes)"
     if attack.name in ("tag", "lamp"):
-        if task != "classification":
-            return f"attack {attack.name!r} attacks sequence classifiers, not task {task!r} (dager does)"
+        if model["task"] != "classification":
+            return f"attack {attack.name!r} attacks sequence classifiers, not task {model['task']!r} (dager does)"
         if not threat.knows_batch_size:
             return f"attack {attack.name!r} needs the batch size, which this threat model withholds"
+        if model["lora_rank"] and options.get("length") is None:
+            return (
+                f"attack {attack.name!r} reads the sentence length off the position-embedding gradient, which a LoRA "
+                "client does not share: give the attack a length option"
+            )
     try:
         check_text_client(threat, [defenses.make(name, **params) for name, params in chain])
     except (TypeError, ValueError) as err:

@@ -84,6 +84,13 @@ def test_text_attacks_that_need_a_classifier_or_the_batch_size_are_refused(tmp_p
     blind = TEXT + '[[attacks]]\nname = "lamp"\n[[threats]]\nknows_batch_size = false\n[[defenses]]\nname = "none"\n'
     with pytest.raises(GridError, match="needs the batch size"):
         load_grid(grid_file(tmp_path, blind))
+    adapters = (
+        TEXT.replace('label = "small"', "lora_rank = 8") + '[[attacks]]\nname = "tag"\n[[defenses]]\nname = "none"\n'
+    )
+    with pytest.raises(GridError, match="a LoRA client does not share: give the attack a length option"):
+        load_grid(grid_file(tmp_path, adapters))
+    told = adapters.replace('name = "tag"', 'name = "tag"\nlength = 12')
+    assert len(load_grid(grid_file(tmp_path, told)).cells) == 2  # dager and tag
 
 
 def test_the_users_sentences_are_read_relative_to_the_grid_and_need_labels_for_a_classifier(tmp_path: Path) -> None:
