@@ -34,11 +34,14 @@ noise level the observation records (the official code takes it as an argument, 
 read above the noise's spectral edge and the thresholds are widened (ours): to a fraction of Wedin's bound on the
 span's error (:data:`NOISE_SLACK`), and for each vector to a multiple of its own first-order error, the edge times the
 norm of its span coefficients each divided by its singular value (:data:`VECTOR_SLACK`, :data:`SECOND_SLACK`); nothing
-is certified then. Quantisation is read the same way (ours): its rounding error, uniform over one step whose size
-the shared tensor shows (:func:`rounding_noise`), is noise of std ``step / sqrt(12)`` per entry. Under pruning or
-top-k alone (ours) the zeros are unknown entries of the low-rank gradients: where enough survive they are filled in
-(:func:`gradinv.attacks.completion.complete`, alternating least squares) and the search runs on the completion, its
-thresholds at least three times how far two completions' spans differ; where too few survive the attack says so.
+is certified then; the widened first threshold passes noise at unused positions too, so the scan keeps to the
+positions the position-embedding gradient shows used, where it is shared (ours; :func:`read_length`: on MiniLM at
+noise 1e-6, candidates had reached position 44 of a 12-token batch). Quantisation is read the same way (ours): its
+rounding error, uniform over one step whose size the shared tensor shows (:func:`rounding_noise`), is noise of std
+``step / sqrt(12)`` per entry. Under pruning or top-k alone (ours) the zeros are unknown entries of the low-rank
+gradients: where enough survive they are filled in (:func:`gradinv.attacks.completion.complete`, alternating least
+squares) and the search runs on the completion, its thresholds at least three times how far two completions' spans
+differ; where too few survive the attack says so.
 
 A LoRA client (PEFT adapters ``W + B A`` on the attention projections) shares the gradients of ``A`` and ``B``; that of
 ``A`` is ``B^T dL/dY X^T``, whose row space is the span of the layer's inputs while they number fewer than the
@@ -60,6 +63,7 @@ from typing import Any
 import torch
 
 from gradinv.attacks.completion import complete
+from gradinv.attacks.embedding_inversion import read_length
 from gradinv.text.models import TransformerLayout, input_format, layout
 from gradinv.text.observation import TextObservation, TextReconstruction
 from gradinv.validation import check_arguments
@@ -360,6 +364,11 @@ class DAGER:
             info["thresholds"] = [search_with.tau1, search_with.tau2]
             errors = [max(noise_edge(g, n), f) / v[:r] for g, n, r, f, v in layers]
             search_with._error, search_with._error2 = errors
+            # widened thresholds let noise pass at unused positions too: scan only the positions the batch used
+            positions = position_gradient(observation, lay)
+            if positions is not None:
+                search_with.max_positions = min(self.max_positions, read_length(positions))
+                info["positions_read"] = search_with.max_positions
         if completion:  # the spans completed are as far off as two completions differ: thresholds at least that
             search_with = copy.copy(search_with)
             search_with.tau1 = max(search_with.tau1, COMPLETION_SLACK * completion[0]["agreement"])
@@ -608,6 +617,15 @@ def _new_cache() -> Any:
     import transformers
 
     return transformers.DynamicCache()
+
+
+def position_gradient(observation: TextObservation, lay: TransformerLayout) -> torch.Tensor | None:
+    """The shared gradient of the position embeddings (``(positions, width)``), or ``None`` where the update lacks it
+    (a LoRA client)."""
+    base: Any = lay.base
+    table = base.embeddings.position_embeddings if lay.family == "bert" else base.wpe
+    name = next((n for n, p in observation.model.named_parameters() if p is table.weight), None)
+    return None if name is None else observation.update.get(name)
 
 
 def _positions(lay: TransformerLayout) -> int:

@@ -137,8 +137,10 @@ def test_under_noise_each_vector_is_allowed_its_own_error_on_the_trained_encoder
     )  # fmt: skip
     # Execute
     rec = gi.attacks.make("dager").reconstruct(obs)
-    # Assert: the sentence token for token, not certified
+    # Assert: the sentence token for token, not certified; the scan kept to the 12 positions the position-embedding
+    # gradient shows used (at noise 1e-6, widened thresholds had passed candidates out to position 44)
     assert text_score(rec, reviews[0][:1], tokenizer, max_length=12)["exact"] == 1.0 and not any(rec.certified)
+    assert rec.info["positions_read"] == 12 and len(rec.info["candidates"]) <= 12
 
 
 def test_dager_reads_a_lora_clients_adapter_gradients(tokenizer, reviews) -> None:
