@@ -366,8 +366,12 @@ class DAGER:
             search_with._error, search_with._error2 = errors
             # widened thresholds let noise pass at unused positions too: scan only the positions the batch used
             positions = position_gradient(observation, lay)
-            if positions is not None:
-                search_with.max_positions = min(self.max_positions, read_length(positions))
+            try:  # no row above the noise: nothing to read, the scan keeps its own limit
+                used = None if positions is None else read_length(positions)
+            except ValueError:
+                used = None
+            if used is not None:
+                search_with.max_positions = min(self.max_positions, used)
                 info["positions_read"] = search_with.max_positions
         if completion:  # the spans completed are as far off as two completions differ: thresholds at least that
             search_with = copy.copy(search_with)

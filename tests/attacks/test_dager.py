@@ -270,3 +270,12 @@ def test_a_pruned_gradient_is_completed_where_enough_entries_survive(tokenizer, 
     ]
     assert text_score(completed, texts, tokenizer, max_length=12)["exact"] == 1.0 and not any(completed.certified)
     assert not refused.texts and "pruned gradient not completed" in refused.info["stopped"]
+
+
+def test_noise_that_drowns_the_position_gradient_leaves_the_scan_its_own_limit(tokenizer, reviews) -> None:
+    # noise of std 1 on every entry: no position-embedding row stands out, so no length is read, and nothing whole
+    # comes back (the attack returns, it does not fail)
+    model = make_text_model("gpt2", seed=0, **GPT2)
+    obs = observe_text(model, tokenizer, reviews[0][:2], reviews[1][:2], defenses=[gi.defenses.make("noise", std=1.0)])
+    rec = gi.attacks.make("dager").reconstruct(obs)
+    assert "positions_read" not in rec.info and text_score(rec, reviews[0][:2], tokenizer)["exact"] == 0.0
