@@ -53,3 +53,11 @@ def grid_file(folder: Path, text: str) -> Path:
     path = folder / "grid.toml"
     path.write_text(text)
     return path
+
+
+def lenet_cat(*defenses: Any) -> tuple[nn.Module, torch.Tensor, torch.Tensor, gi.Observation]:
+    """DLG's LeNet on the 16x16 cat photograph and the client's observation under ``defenses`` (seed 0): the setting
+    of the adaptive-attack tests."""
+    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
+    images, labels = gi.data.load("skimage", indices=[1], size=16)
+    return model, images, labels, gi.observe(model, images, labels, seed=0, defenses=list(defenses))

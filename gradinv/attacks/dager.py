@@ -90,6 +90,15 @@ SECOND_SLACK = 1.0
 #: Under pruning, each layer's threshold is at least this multiple of how far two completions' spans differ.
 COMPLETION_SLACK = 3.0
 
+SPARSIFIERS = frozenset({"prune", "topk"})
+"""Defenses that zero entries and leave the rest exact: their zeros are completed (:func:`sparsified_only`)."""
+
+ACCOUNTED_FOR = frozenset({"noise", "dpsgd", "quantize"}) | SPARSIFIERS
+"""Defenses DAGER accounts for when run ``noise_aware`` (the default): recorded noise and DP-SGD's
+(:func:`recorded_noise`; the official code's ``--defense_noise``), quantisation's rounding (:func:`rounding_noise`),
+pruning and top-k (the zeros completed). DAGER so run is the attack that knows the defense; gradinv has no such text
+attack for signSGD."""
+
 
 def numerical_rank(matrix: torch.Tensor, eps: float, *, values: torch.Tensor | None = None) -> int:
     """The rank of a gradient stored at precision ``eps``: singular values above ten times the rounding noise, the
@@ -204,7 +213,7 @@ def sparsified_only(observation: TextObservation) -> bool:
     way (DP-SGD without noise only rescales): its zeros are then unknown entries of the low-rank gradient, which
     :func:`~gradinv.attacks.completion.complete` fills in where enough survive."""
     altered = altering_defenses(observation)
-    return bool(altered) and all(name in ("prune", "topk") for name in altered)
+    return bool(altered) and all(name in SPARSIFIERS for name in altered)
 
 
 def altering_defenses(observation: TextObservation) -> list[str]:
@@ -365,7 +374,7 @@ class DAGER:
             errors = [max(noise_edge(g, n), f) / v[:r] for g, n, r, f, v in layers]
             search_with._error, search_with._error2 = errors
             # widened thresholds let noise pass at unused positions too: scan only the positions the batch used
-            positions = position_gradient(observation, lay)
+            positions = observation.update.get(lay.positions)  # absent from a LoRA client's update
             try:  # no row above the noise: nothing to read, the scan keeps its own limit
                 used = None if positions is None else read_length(positions)
             except ValueError:
@@ -621,15 +630,6 @@ def _new_cache() -> Any:
     import transformers
 
     return transformers.DynamicCache()
-
-
-def position_gradient(observation: TextObservation, lay: TransformerLayout) -> torch.Tensor | None:
-    """The shared gradient of the position embeddings (``(positions, width)``), or ``None`` where the update lacks it
-    (a LoRA client)."""
-    base: Any = lay.base
-    table = base.embeddings.position_embeddings if lay.family == "bert" else base.wpe
-    name = next((n for n, p in observation.model.named_parameters() if p is table.weight), None)
-    return None if name is None else observation.update.get(name)
 
 
 def _positions(lay: TransformerLayout) -> int:

@@ -162,9 +162,7 @@ def build_problem(
     named = dict(model.named_parameters())
     ids_of = {id(p): n for n, p in named.items()}
     word = ids_of[id(model.get_input_embeddings().weight)]
-    base: Any = lay.base
-    positions = base.embeddings.position_embeddings if lay.family == "bert" else base.wpe
-    position_name = ids_of[id(positions.weight)]
+    position_name = lay.positions
     if length is None and position_name not in observation.update:
         raise ValueError(
             f"the update lacks the position-embedding gradient {position_name!r}, which gives the length (a LoRA "

@@ -17,24 +17,13 @@ from gradinv.data import NORMALIZATIONS
 from gradinv.defenses.base import Defense
 from gradinv.evaluate.cost import full_recovery
 from gradinv.evaluate.grid import config_key
+from gradinv.evaluate.summary import mean_std, present_mean
 from gradinv.evaluate.text_cells import run_text_cell
 from gradinv.evaluate.utility import TRAINING_ATTRIBUTE, Utility, pretrain, utility
 from gradinv.fl.augmentation import augmented_batch
 from gradinv.fl.client import encode_batch, observe
 from gradinv.fl.vertical import simulate
 from gradinv.observation import Reconstruction, ThreatModel
-
-
-def present_mean(values: list[Any]) -> float | None:
-    """The mean of the values that are not ``None`` (``None`` if there are none)."""
-    present = [float(v) for v in values if v is not None]
-    return statistics.fmean(present) if present else None
-
-
-def _stats(values: list[Any]) -> dict[str, float | None]:
-    present = [float(v) for v in values if v is not None]
-    return {"mean": present_mean(present), "std": statistics.pstdev(present) if present else None}
-
 
 _PRETRAINED: dict[str, tuple[dict[str, torch.Tensor], list[dict[str, Any]]]] = {}
 """Per process: pretraining spec key -> the trained weights and their training records (``gi.evaluate.pretrain``)."""
@@ -220,7 +209,7 @@ def _summary(
 ) -> dict[str, Any]:
     per_batch = statistics.fmean(seconds)
     return {
-        **{m: _stats([r.get(m) for r in rows]) for m in ("psnr", "ssim", "lpips", "encoding_psnr")},
+        **{m: mean_std([r.get(m) for r in rows]) for m in ("psnr", "ssim", "lpips", "encoding_psnr")},
         "label_acc": present_mean([r.get("label_ok") for r in rows]),
         "exact_fraction": statistics.fmean(r["exact"] for r in rows),
         "certified_fraction": statistics.fmean(r["certified"] for r in rows),

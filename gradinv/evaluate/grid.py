@@ -74,6 +74,8 @@ from gradinv.evaluate.text_cells import PROTECTED_ROUGE, TEXT_KEYS, TEXT_MODEL_K
 from gradinv.fl.client import client_trainer
 from gradinv.fl.vertical import check_vertical_defenses
 from gradinv.observation import ThreatModel
+from gradinv.text import CORPORA, TASKS, make_text_model, read_sentences, sentences
+from gradinv.text.models import TEXT_MODELS
 
 GRID_KEYS = {
     "name": "grid",
@@ -299,8 +301,6 @@ def _models(reader: _Reader, settings: dict[str, Any], utility: dict[str, Any] |
 def _text(reader: _Reader) -> dict[str, Any]:
     """The ``[text]`` section, its data checked: a bundled corpus or a file or folder of sentences (relative to the
     grid file) holding at least ``sentences``; ``labelled`` records whether they carry labels."""
-    from gradinv.text import CORPORA, read_sentences, sentences
-
     text = reader.table("text", TEXT_KEYS)
     _ranges(reader, "text", text, TEXT_RANGES)
     if not isinstance(text["data"], str) or not text["data"]:
@@ -322,9 +322,6 @@ def _text(reader: _Reader) -> dict[str, Any]:
 def _text_models(reader: _Reader, text: dict[str, Any]) -> list[dict[str, Any]]:
     """Each ``[[text_models]]`` entry: a text model name, its task and head, LoRA rank, label and configuration
     overrides, each model built once to check them (``make_text_model``)."""
-    from gradinv.text import TASKS, make_text_model
-    from gradinv.text.models import TEXT_MODELS
-
     out = []
     for i, entry in enumerate(reader.entries("text_models")):
         name, task = entry.get("name"), entry.get("task", "classification")

@@ -10,9 +10,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from gradinv.evaluate.cells import present_mean, utility_config
+from gradinv.evaluate.cells import utility_config
 from gradinv.evaluate.grid import attack_label, config_key
 from gradinv.evaluate.store import Store
+from gradinv.evaluate.summary import present_mean
 
 COLUMNS = ("model", "threat_label", "batch_size", "attack", "defense_label", "images", "failed", "matched", "psnr",
            "psnr_std", "ssim", "label_acc", "exact", "certified", "encoding_psnr", "accuracy", "seconds", "inversions",

@@ -19,6 +19,7 @@ import torch
 
 from gradinv import attacks, defenses
 from gradinv.evaluate.cost import full_recovery
+from gradinv.evaluate.summary import mean_std
 from gradinv.fl.text_client import check_text_client, observe_text
 from gradinv.metrics.text import references, text_score
 from gradinv.observation import ThreatModel
@@ -35,12 +36,6 @@ PROTECTED_ROUGE = 0.3
 Guessing the most frequent words of the prior corpus, without any gradient, scores 0.19 (10 tokens) to 0.20 (30
 tokens) ROUGE-1 on the bundled reviews (``tests/evaluate/test_text_cells.py`` re-measures it): a threshold above
 what no attack needs, stated in the report, not a paper's."""
-
-DAGER_READS = frozenset({"noise", "dpsgd", "quantize", "prune", "topk"})
-"""Defenses DAGER accounts for when run ``noise_aware`` (the default): recorded noise and DP-SGD's (the official
-code's ``--defense_noise``), quantisation's rounding (:func:`gradinv.attacks.dager.rounding_noise`), pruning and
-top-k (the zeros completed, :mod:`gradinv.attacks.completion`). DAGER so run is the attack that knows the defense;
-gradinv has no such text attack for signSGD."""
 
 SHOWN_SENTENCES = 64
 """Sentences per cell whose tokens (true and recovered) the summary keeps for the report."""
@@ -166,7 +161,7 @@ def run_text_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]
                 )
     per_batch = statistics.fmean(seconds)
     summary = {
-        **{key: _stats([r[key] for r in rows]) for key in ("rouge1", "rouge2", "rougeL", "token_acc")},
+        **{key: mean_std([r[key] for r in rows]) for key in ("rouge1", "rouge2", "rougeL", "token_acc")},
         "exact_fraction": statistics.fmean(r["exact"] for r in rows),
         "certified_fraction": statistics.fmean(r["certified"] for r in rows),
         "certified_wrong": certified_wrong,
@@ -178,7 +173,3 @@ def run_text_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]
         "sentences": shown,
     }
     return {"summary": summary, "rows": [{k: v for k, v in r.items() if k != "matched"} for r in rows]}
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}

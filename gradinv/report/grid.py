@@ -10,15 +10,16 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from gradinv.attacks.adaptive import ADAPTABLE, TRANSFORMS
+from gradinv.attacks.dager import ACCOUNTED_FOR
 from gradinv.defenses import REGISTRY
 from gradinv.defenses.base import Defense
 from gradinv.evaluate.grid import Grid, attack_label
 from gradinv.evaluate.results import COLUMNS, TEXT_COLUMNS, table
 from gradinv.evaluate.store import Store
-from gradinv.evaluate.text_cells import DAGER_READS, PROTECTED_ROUGE
+from gradinv.evaluate.text_cells import PROTECTED_ROUGE
 from gradinv.observation import atomic_write, atomic_write_text
 from gradinv.report.html import STYLE, _fmt, _img, header
-from gradinv.report.text import coloured
+from gradinv.report.text import sentence_row
 
 PROTECTED_PSNR = 20.0
 """Below this worst-case PSNR (dB) the report calls a defense protective: at 20 dB and under, reconstructions of
@@ -95,7 +96,8 @@ def text_ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_ROUGE)
     sizes: the highest mean ROUGE-1 (``worst``) and the highest exact-sentence rate (``exact``).
 
     ``status``: ``"leaks"`` (a sentence came back exactly, or ROUGE-1 reached ``protected``), ``"protective"``
-    (neither, against a chain of defenses DAGER accounts for (:data:`DAGER_READS`), with DAGER run so),
+    (neither, against a chain of defenses DAGER accounts for (:data:`~gradinv.attacks.dager.ACCOUNTED_FOR`), with
+    DAGER run so),
     ``"unverified"`` (neither, but no attack that knows the defense was run: there is none for signSGD on text, or
     DAGER ran only as published, or no defense at all). Protective first, then unverified, by worst case; then the
     leaking ones, lowest worst case first."""
@@ -110,7 +112,7 @@ def text_ranking(rows: list[dict[str, Any]], protected: float = PROTECTED_ROUGE)
                 "defense": row["defense_label"],
                 "worst": -1.0,
                 "exact": 0.0,
-                "readable": bool(names) and all(n in DAGER_READS for n in names),
+                "readable": bool(names) and all(n in ACCOUNTED_FOR for n in names),
                 "reading_run": False,
             },
         )
@@ -153,13 +155,7 @@ def text_section(rows: list[dict[str, Any]], recorded: list[dict[str, Any]], pro
     for c in recorded[:200]:
         if c["config"].get("modality") != "text" or c["status"] != "done":
             continue
-        lines = "".join(
-            f"<tr><td>{s['index']}</td><td style='text-align:left'>{html.escape(' '.join(s['truth']))}</td>"
-            f"<td style='text-align:left'>"
-            + ("<em>(none recovered)</em>" if s["found"] is None else coloured(s["found"], s["truth"]))
-            + "</td></tr>"
-            for s in c["summary"].get("sentences", [])
-        )
+        lines = "".join(sentence_row(s["index"], s["truth"], s["found"]) for s in c["summary"].get("sentences", []))
         config = c["config"]
         cells.append(
             f"<h3>{html.escape(attack_label(config))} x {html.escape(config['defense_label'])} "

@@ -29,21 +29,26 @@ def coloured(pieces: list[str], truth: list[str]) -> str:
     return " ".join(spans)
 
 
+def sentence_row(index: int, truth: list[str], found: list[str] | None) -> str:
+    """A table row: the true sentence's tokens, and the recovered one matched to it (``None``: none), coloured."""
+    shown = "<em>(no sentence recovered for this one)</em>" if found is None else coloured(found, truth)
+    return (
+        f"<tr><td>{index}</td><td style='text-align:left'>{html.escape(' '.join(truth))}</td>"
+        f"<td style='text-align:left'>{shown}</td></tr>"
+    )
+
+
 def sentence_rows(tokenizer: Any, truth: list[list[int]], found: list[list[int]], pairs: list[list[int]]) -> str:
     """One table row per true sentence: its tokens, and the recovered sentence matched to it, coloured."""
     matched = {t: f for t, f in pairs}
-    rows = []
-    for index, ids in enumerate(truth):
-        true_pieces = token_pieces(tokenizer, ids)
-        if index in matched:
-            shown = coloured(token_pieces(tokenizer, found[matched[index]]), true_pieces)
-        else:
-            shown = "<em>(no sentence recovered for this one)</em>"
-        rows.append(
-            f"<tr><td>{index}</td><td style='text-align:left'>{html.escape(' '.join(true_pieces))}</td>"
-            f"<td style='text-align:left'>{shown}</td></tr>"
+    return "".join(
+        sentence_row(
+            index,
+            token_pieces(tokenizer, ids),
+            token_pieces(tokenizer, found[matched[index]]) if index in matched else None,
         )
-    return "".join(rows)
+        for index, ids in enumerate(truth)
+    )
 
 
 def render_text(record: dict[str, Any], tokenizer: Any) -> str:

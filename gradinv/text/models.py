@@ -157,6 +157,8 @@ class TransformerLayout:
         causal: whether a position sees only earlier positions (so a prefix fixes its layer inputs).
         lora: the projections are PEFT LoRA layers, and ``projections`` name their ``lora_A`` weights (``(r, d_in)``;
             their gradient ``B^T sum_i g_i x_i^T`` spans at most ``r`` directions of the layer's inputs).
+        positions: the name of the position-embedding table's weight in ``model.named_parameters()`` (its gradient's
+            nonzero rows are the positions the batch used).
     """
 
     model: nn.Module
@@ -166,7 +168,8 @@ class TransformerLayout:
     modules: list[nn.Module]
     causal: bool
     first_input: Callable[[int], torch.Tensor]
-    lora: bool = False
+    lora: bool
+    positions: str
 
     def input_space(self, grad: torch.Tensor) -> torch.Tensor:
         """The gradient of a projection weight arranged as ``(d_in, d_out)``: its columns span the layer's inputs
@@ -219,6 +222,7 @@ def layout(model: nn.Module) -> TransformerLayout:
     if kind == "gpt2":
         base = getattr(inner, "transformer", inner)
         modules = [block.attn.c_attn for block in base.h]
+        table = base.wpe
 
         def first_input(position: int) -> torch.Tensor:
             return base.h[0].ln_1(base.wte.weight + base.wpe.weight[position])
@@ -228,6 +232,7 @@ def layout(model: nn.Module) -> TransformerLayout:
         base = getattr(inner, "bert", inner)
         modules = [layer.attention.self.query for layer in base.encoder.layer]
         emb: Any = base.embeddings
+        table = emb.position_embeddings
 
         def first_input(position: int) -> torch.Tensor:
             parts = emb.word_embeddings.weight + emb.position_embeddings.weight[position]
@@ -238,7 +243,8 @@ def layout(model: nn.Module) -> TransformerLayout:
         raise TypeError(f"no text layout for model type {kind!r}: gradinv reads GPT-2 and BERT-family models")
     lora = all(hasattr(m, "lora_A") for m in modules)
     projections = [f"{names[id(m)]}.{_adapter_weight(m)}" if lora else f"{names[id(m)]}.weight" for m in modules]
-    return TransformerLayout(model, kind, base, projections, modules, causal, first_input, lora)
+    positions = f"{names[id(table)]}.weight"
+    return TransformerLayout(model, kind, base, projections, modules, causal, first_input, lora, positions)
 
 
 def _adapter_weight(module: Any) -> str:

@@ -13,15 +13,13 @@ from gradinv.attacks.adaptive import (
     noise_prior,
     support_masks,
 )
-from tests.helpers import plain_and_adaptive, psnrs
+from tests.helpers import lenet_cat, plain_and_adaptive, psnrs
 
 
 @pytest.fixture(scope="module")
 def pruned():
     # the cat (16x16) through DLG's LeNet, its gradient pruned to the largest 10% (1,007 of 10,066 entries survive)
-    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
-    images, labels = gi.data.load("skimage", indices=[1], size=16)
-    obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("prune", ratio=0.9)])
+    model, images, labels, obs = lenet_cat(gi.defenses.make("prune", ratio=0.9))
     return obs, images, labels
 
 
@@ -83,9 +81,7 @@ def test_vectorised_restarts_see_the_same_adaptive_view(pruned) -> None:
 def test_adaptive_attack_breaks_soteria() -> None:
     # Prepare: Soteria at the paper's 80% on DLG's LeNet (16x16 cat): the classifier's weight-gradient columns of the
     # least sensitive features are zeroed, every other entry is exact
-    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
-    images, labels = gi.data.load("skimage", indices=[1], size=16)
-    obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("soteria", pruning_rate=80.0)])
+    model, images, labels, obs = lenet_cat(gi.defenses.make("soteria", pruning_rate=80.0))
     # Execute
     psnr = psnrs(plain_and_adaptive(obs, "inverting_gradients", steps=1000), images, labels)
     # Assert: the defense holds against the attack that ignores it and falls to the one that does not (measured 7.0

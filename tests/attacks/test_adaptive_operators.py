@@ -17,7 +17,7 @@ from gradinv.attacks.adaptive import (
     noise_prior,
     quantization_cells,
 )
-from tests.helpers import plain_and_adaptive, psnrs
+from tests.helpers import lenet_cat, plain_and_adaptive, psnrs
 
 
 def test_the_adaptive_trial_update_is_dpsgd_s_clipping() -> None:
@@ -110,9 +110,7 @@ def test_every_true_entry_lies_in_its_quantisation_cell(bits: int) -> None:
 
 
 def test_adaptive_inverting_gradients_matches_the_quantisation_cells() -> None:
-    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
-    images, labels = gi.data.load("skimage", indices=[1], size=16)
-    obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("quantize", bits=2)])
+    model, images, labels, obs = lenet_cat(gi.defenses.make("quantize", bits=2))
     runs = plain_and_adaptive(obs, "inverting_gradients", steps=1000)
     psnr = psnrs(runs, images, labels)
     # 2 bits: three levels per tensor; matching the cells instead of the levels: measured 6.5 against 17.6 dB
@@ -122,9 +120,7 @@ def test_adaptive_inverting_gradients_matches_the_quantisation_cells() -> None:
 def test_adaptive_idlg_optimises_the_dropout_masks() -> None:
     # Prepare: Zheng's dropout (p = 0.5, before the classifier) on the 16x16 cat through DLG's LeNet; the client's
     # masks are private
-    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
-    images, labels = gi.data.load("skimage", indices=[1], size=16)
-    obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("dropout", p=0.5)])
+    model, images, labels, obs = lenet_cat(gi.defenses.make("dropout", p=0.5))
     # Execute
     runs = plain_and_adaptive(obs, "idlg", steps=50, line_search="strong_wolfe")
     psnr = psnrs(runs, images, labels)
@@ -136,9 +132,7 @@ def test_adaptive_idlg_optimises_the_dropout_masks() -> None:
 
 def test_adaptive_inverting_gradients_matches_the_orthant_of_the_shared_signs() -> None:
     # Prepare: signSGD's update (the signs only) of the 16x16 cat through DLG's LeNet
-    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
-    images, labels = gi.data.load("skimage", indices=[1], size=16)
-    obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("sign")])
+    model, images, labels, obs = lenet_cat(gi.defenses.make("sign"))
     true = [u for u in gi.observe(model, images, labels, seed=0).update.values()]
     signs = list(obs.update.values())
     # the cone distance is 0 for the true gradient at any scale, 1 for its opposite
@@ -156,9 +150,7 @@ def test_adaptive_inverting_gradients_matches_the_orthant_of_the_shared_signs() 
 def test_adaptive_inverting_gradients_optimises_the_dropout_masks_too() -> None:
     # the masks are leaves of Adam beside the images: a run that left them out of its gradient kept the fresh random
     # masks of the plain attack
-    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
-    images, labels = gi.data.load("skimage", indices=[1], size=16)
-    obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("dropout", p=0.5)])
+    model, images, labels, obs = lenet_cat(gi.defenses.make("dropout", p=0.5))
     runs = plain_and_adaptive(obs, "inverting_gradients", steps=1000)
     psnr = psnrs(runs, images, labels)
     assert psnr[True] > psnr[False] + 6, psnr  # measured 7.3 against 19.5 dB

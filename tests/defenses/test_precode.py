@@ -12,14 +12,12 @@ from gradinv.attacks.adaptive import bottleneck_noise
 from gradinv.attacks.base import attacker_model
 from gradinv.defenses.precode import VariationalBottleneck
 from gradinv.update import compute_update, normalize
-from tests.helpers import plain_and_adaptive, psnrs
+from tests.helpers import lenet_cat, plain_and_adaptive, psnrs
 
 
 @pytest.fixture(scope="module")
 def precode():
-    model = gi.models.make("lenet", num_classes=10, image_shape=(3, 16, 16), seed=0)
-    images, labels = gi.data.load("skimage", indices=[1], size=16)
-    obs = gi.observe(model, images, labels, seed=0, defenses=[gi.defenses.make("precode")])
+    model, images, labels, obs = lenet_cat(gi.defenses.make("precode"))
     return obs, images, labels
 
 
