@@ -107,7 +107,8 @@ def complete(
         if cost > budget:
             return None, info | {
                 "stopped": f"a rank-{high} fit of a {m} x {n} gradient costs {cost:.2g} operations, over the "
-                f"completion's budget of {budget:.2g}"
+                f"completion's budget of {budget:.2g}",
+                "over_budget": True,
             }
         if fits(high):
             break

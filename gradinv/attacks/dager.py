@@ -325,9 +325,10 @@ class DAGER:
             for index, g in enumerate(grads):
                 filled, done = complete(g)
                 completion.append(done)
-                if filled is None:
+                if filled is None:  # too few entries left (the defense's doing), or over the budget (the attack's)
                     why = f"pruned gradient not completed: {done['stopped']}"
-                    return self._result(observation, [], [], start, {"completion": completion, "stopped": why}, why)
+                    stop = {"completion": completion, "stopped": why, "inconclusive": bool(done.get("over_budget"))}
+                    return self._result(observation, [], [], start, stop, why)
                 grads[index] = filled
         noise = recorded_noise(observation) if self.noise_aware else 0.0
         # per layer: the recorded noise and any quantisation's rounding error of that tensor (variances add)
@@ -361,7 +362,11 @@ class DAGER:
                 "and the span read is only part of theirs"
             )
         if message is not None:
-            return self._result(observation, [], [], start, info | {"stopped": message}, message)
+            # a stop the batch or the attack's limits caused says nothing of the defense; only a span filled by a
+            # defense DAGER did not account for is the defense's doing
+            accounted = aware or bool(completion) or not altering_defenses(observation)
+            stop = {"stopped": message, "inconclusive": lay.lora or accounted}
+            return self._result(observation, [], [], start, info | stop, message)
         bases = [span_basis(g, r) for g, r in zip(grads, ranks, strict=True)]
         search_with = self
         if aware:  # the thresholds widened to the span's error under the recorded noise

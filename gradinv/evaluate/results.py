@@ -99,7 +99,11 @@ def table(store: Store, cells: list[dict[str, Any]] | None = None) -> list[dict[
             certified_wrong=sum(c["summary"].get("certified_wrong", 0) for c in done)
             if config.get("modality") == "text"
             else None,
-            dager_aware=config.get("attack") == "dager" and config.get("attack_options", {}).get("noise_aware", True),
+            # DAGER accounting for the defense, and in no batch stopped by its own limits (batch too large for the
+            # span, a completion over its budget): only then does its failure speak for the defense
+            dager_aware=config.get("attack") == "dager"
+            and config.get("attack_options", {}).get("noise_aware", True)
+            and not any(c["summary"].get("inconclusive") for c in done),
         )
         rows.append(row)
     return rows

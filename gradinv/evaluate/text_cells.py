@@ -112,7 +112,7 @@ def run_text_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]
     shown: list[dict[str, Any]] = []
     seconds: list[float] = []
     evidence: list[str] = []
-    certified_wrong = 0
+    certified_wrong = inconclusive = 0
     chain = []
     for batch in range(len(texts) // b):
         part = texts[batch * b : (batch + 1) * b]
@@ -134,6 +134,7 @@ def run_text_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]
         rec = attack.reconstruct(observed, device=device, seed=client_seed)
         scores = text_score(rec, part, tokenizer, max_length=max_length)
         certified_wrong += scores["certified_wrong"]
+        inconclusive += bool(rec.info.get("inconclusive"))  # the attack stopped for its own limits, not the defense's
         seconds.append(rec.seconds)
         if rec.certificate and rec.certificate not in evidence:
             evidence.append(rec.certificate)
@@ -165,6 +166,7 @@ def run_text_cell(config: dict[str, Any], device: str = "cpu") -> dict[str, Any]
         "exact_fraction": statistics.fmean(r["exact"] for r in rows),
         "certified_fraction": statistics.fmean(r["certified"] for r in rows),
         "certified_wrong": certified_wrong,
+        "inconclusive": inconclusive,
         "matched_fraction": statistics.fmean(r["matched"] for r in rows),
         "certificates": evidence,
         "attack_seconds_per_batch": per_batch,

@@ -43,7 +43,7 @@ def test_too_few_entries_are_refused_with_the_reason() -> None:
     full = _low_rank(60, 90, 6)
     # 5% of 5,400 entries (270) determine at most a rank-1 matrix (149 unknowns; rank 2 has 296), which does not fit
     filled, info = complete(_pruned(full, 0.95))
-    assert filled is None and "no rank up to 1 fits the 270 entries" in info["stopped"]
+    assert filled is None and "no rank up to 1 fits the 270 entries" in info["stopped"] and "over_budget" not in info
     filled, info = complete(_pruned(full, 0.999))  # 5 entries: no rank fits in them
     assert filled is None and "too few to complete any rank" in info["stopped"]
 
@@ -59,3 +59,4 @@ def test_als_fits_the_observed_entries_only() -> None:
 def test_a_fit_over_the_budget_stops_the_search_with_its_cost() -> None:
     filled, info = complete(_pruned(_low_rank(60, 90, 6), 0.4), budget=1e8)  # rank 4 would cost 4 * 5400 * 16 * 300
     assert filled is None and "a rank-4 fit of a 60 x 90 gradient costs 1e+08" in info["stopped"]
+    assert info["over_budget"] is True

@@ -254,3 +254,17 @@ def test_one_grid_holds_image_and_text_cells(tmp_path: Path) -> None:
     assert kinds == ["image", "text"]
     image = next(c.config for c in grid.cells if "modality" not in c.config)
     assert image["model"] == "mlp" and "text" not in image  # an image cell's key is as it was
+
+
+def test_a_dager_stopped_by_its_own_limits_shows_no_defense_protective(tmp_path: Path, monkeypatch) -> None:
+    # Prepare: pruning 0.9, and a completion that stops over its budget (as at GPT-2-small's shape on a CPU)
+    from gradinv.attacks import dager
+
+    monkeypatch.setattr(dager, "complete", lambda matrix: (None, {"stopped": "over the budget", "over_budget": True}))
+    text = TEXT + '[[defenses]]\nname = "prune"\nratio = 0.9\n'
+    # Execute
+    out = gi.evaluate.evaluate(load_grid(grid_file(tmp_path, text)), tmp_path / "out")
+    row = load_table(out)[0]
+    # Assert: nothing recovered, yet the attack's failure is its own: the ranking does not call pruning protective
+    assert row["rouge1"] == 0.0 and row["dager_aware"] is False
+    assert [e["status"] for e in text_ranking([row], PROTECTED_ROUGE)] == ["unverified"]
