@@ -1,6 +1,7 @@
 """DAGER on real sentences: a random GPT-2-small-shaped decoder and the shipped trained MiniLM encoder.
 
-    python benchmarks/dager.py [--batches 16] [--encoder-batches 1 2 4 8] [--encoder-length 12]
+    python benchmarks/dager.py [--batches 16] [--encoder-batches 1 2 4 8 16 32] [--encoder-length 12] [--no-links]
+                               [--random-bert]
     python benchmarks/dager.py --noise    # only the noise sweep
     python benchmarks/dager.py --prune    # only the pruning sweep
 
@@ -9,7 +10,9 @@ rate, ROUGE-1/2, the certified sentences and those certified wrongly (must be 0)
 client's own gradient computation in the same run (the ratio printed). Decoder: GPT-2 of the GPT-2-small shape (12
 layers, width 768, 12 heads; random weights, the shipped WordPiece vocabulary), sequence classification and
 next-token loss. Encoder: all-MiniLM-L6-v2 (trained, width 384) with a new classifier head, sentences cut at
-``--encoder-length`` tokens.
+``--encoder-length`` tokens, its sentences proposed by the first-layer links (:mod:`gradinv.attacks.dager_links`), or
+with ``--no-links`` by the paper's search and our beam search; ``--random-bert``: a random BERT of the BERT-base
+shape (width 768, 12 heads) with 3 layers instead of MiniLM.
 
 ``--noise``: four reviews through a random 3-layer GPT-2 of width 384 under Gaussian noise on the gradient, under
 DP-SGD (clipping norm 1) and under quantisation (8 to 16 bits), DAGER as published (``noise_aware=False``) beside
@@ -37,12 +40,12 @@ from gradinv.metrics.text import text_score  # noqa: E402
 from gradinv.text import make_text_model, sentences, shipped_tokenizer  # noqa: E402
 
 
-def row(label: str, model, tokenizer, n: int, task: str, max_length: int) -> None:
+def row(label: str, model, tokenizer, n: int, task: str, max_length: int, **options) -> None:
     texts, labels = sentences(n=n, seed=0)
     start = time.perf_counter()
     obs = observe_text(model, tokenizer, texts, labels, task=task, max_length=max_length)
     client = time.perf_counter() - start
-    rec = gi.attacks.make("dager").reconstruct(obs)
+    rec = gi.attacks.make("dager", **options).reconstruct(obs)
     s = text_score(rec, texts, tokenizer, max_length=max_length)
     print(
         f"{label:<34} B={n:<3} exact {s['exact']:.2f}  R1 {s['rouge1']:.3f}  R2 {s['rouge2']:.3f}  "
@@ -102,10 +105,12 @@ def prune_sweep(tokenizer) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="*", default=[16])
-    parser.add_argument("--encoder-batches", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--encoder-batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--encoder-length", type=int, default=12)
     parser.add_argument("--noise", action="store_true", help="only the noise sweep")
     parser.add_argument("--prune", action="store_true", help="only the pruning sweep")
+    parser.add_argument("--no-links", action="store_true", help="the encoder as published, with our beam search")
+    parser.add_argument("--random-bert", action="store_true", help="a random 3-layer BERT-base-shaped encoder")
     args = parser.parse_args()
     tokenizer = shipped_tokenizer()
     if args.noise:
@@ -118,15 +123,20 @@ def main() -> None:
         model = make_text_model("gpt2", task=task, seed=0)
         for n in args.batches:
             row(f"gpt2-small shape, random, {task}", model, tokenizer, n, task, 64)
-    encoder = make_text_model("minilm", seed=0)
+    if args.random_bert:
+        encoder, name = make_text_model("bert", seed=0, num_hidden_layers=3), "bert-base shape, 3 layers, random"
+    else:
+        encoder, name = make_text_model("minilm", seed=0), "minilm (trained)"
+    search = "paper's search + beam" if args.no_links else "first-layer links"
     for n in args.encoder_batches:
         row(
-            f"minilm (trained), {args.encoder_length} tokens",
+            f"{name}, {args.encoder_length} tokens, {search}",
             encoder,
             tokenizer,
             n,
             "classification",
             args.encoder_length,
+            links=not args.no_links,
         )
 
 

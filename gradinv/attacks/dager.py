@@ -23,8 +23,10 @@ GPT-2).
 Deviations, ours: the first threshold is 1e-4, not the paper's 1e-5 (in-span distances of float32 GPT-2 gradients
 reached 7e-6 for 415 tokens); the rank is read above the gradient's rounding noise (:func:`numerical_rank`), per
 layer; the encoder search enumerates a length's combinations up to ``max_combinations`` (the paper: up to 10^7, then
-random draws) and above that proposes sentences by a beam search (each prefix scored by the second-layer distance
-of its newest position computed on the prefix alone), which certifies only what passes the same whole-sentence test.
+random draws) and above that proposes sentences from the first layer's key gradient split by token and position
+(:mod:`gradinv.attacks.dager_links`: a once-occurring token's share of it lies in the span of its own sentence's
+queries), or, where that does not apply, by a beam search (each prefix scored by the second-layer distance of its
+newest position computed on the prefix alone); either certifies only what passes the same whole-sentence test.
 Under next-token loss the last token of a sentence is only a target and enters no layer input: the attack appends the
 tokenizer's closing special token when the input format has one (BERT's ``[SEP]``).
 
@@ -63,6 +65,7 @@ from typing import Any
 import torch
 
 from gradinv.attacks.completion import complete
+from gradinv.attacks.dager_links import Links, first_layer_links, linked_sentences
 from gradinv.attacks.embedding_inversion import read_length
 from gradinv.text.models import TransformerLayout, input_format, layout
 from gradinv.text.observation import TextObservation, TextReconstruction
@@ -240,7 +243,8 @@ class DAGER:
         max_positions: positions scanned for candidates (the model's own limit if smaller).
         max_prefixes: decoder prefixes kept per position (the lowest distances), a bound on the search's width.
         max_combinations: an encoder length with at most this many candidate sentences has every one tested (the
-            paper's search, up to 10^7); longer ones are proposed by a beam search of width ``beam`` (ours).
+            paper's search, up to 10^7); longer ones are proposed by the first-layer links (``links``) where they
+            apply, else by a beam search of width ``beam`` (ours).
         beam: prefixes the encoder's beam search keeps per position.
         per_prefix: extensions of each prefix the beam search considers (its lowest-distance ones).
         chunk: sequences per forward pass.
@@ -250,6 +254,10 @@ class DAGER:
             (:func:`noise_rank`) and widen the thresholds to the span's error (module docstring; the official code
             likewise takes the noise level as an argument). No sentence is certified under noise. ``False``: the
             attack as published (under noise it reads a full span and stops, or passes no sentence whole).
+        links: on a BERT-family encoder whose first layer's key gradient is shared (not LoRA), propose sentences from
+            that gradient's split by token and position (:mod:`~gradinv.attacks.dager_links`, ours) instead of the
+            beam search; every sentence proposed still passes the whole-sentence test. ``False``: the paper's search
+            and the beam.
     """
 
     name = "dager"
@@ -258,6 +266,8 @@ class DAGER:
     # layer: set on the copy that runs the search (:meth:`reconstruct`), ``None`` otherwise
     _error: torch.Tensor | None = None
     _error2: torch.Tensor | None = None
+    # an encoder's first-layer links (:mod:`gradinv.attacks.dager_links`), set on the copy that runs the search
+    _links: Links | None = None
     exact = True
 
     def __init__(
@@ -273,6 +283,7 @@ class DAGER:
         per_prefix: int = 3,
         chunk: int = 256,
         noise_aware: bool = True,
+        links: bool = True,
     ) -> None:
         check_arguments(self, locals())
         for key, value in (("tau1", tau1), ("tau2", tau2)):
@@ -294,7 +305,9 @@ class DAGER:
         self.max_combinations, self.beam, self.per_prefix = max_combinations, beam, per_prefix
         if not isinstance(noise_aware, bool):
             raise TypeError(f"noise_aware must be a bool, got {noise_aware!r}")
-        self.noise_aware = noise_aware
+        if not isinstance(links, bool):
+            raise TypeError(f"links must be a bool, got {links!r}")
+        self.noise_aware, self.links = noise_aware, links
 
     def config(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -395,6 +408,13 @@ class DAGER:
         with torch.no_grad():
             candidates = search_with._candidates(lay, bases[0])
             info["candidates"] = [len(c) for c in candidates]
+            if self.links and not lay.causal and candidates:
+                tokens = sorted(set().union(*candidates))
+                linked = first_layer_links(lay, observation.update, tokens, len(candidates))
+                if linked is not None:
+                    search_with = copy.copy(search_with)
+                    search_with._links = linked
+                    info["link_split_residual"] = linked.residual
             search = search_with._decoder if lay.causal else search_with._encoder
             found = search(lay, bases[1], candidates, observation.tokenizer, info) if candidates else []
         closing = input_format(observation.tokenizer)[1] if observation.task == "causal_lm" else None
@@ -563,13 +583,22 @@ class DAGER:
     ) -> list[tuple[list[int], float]]:
         """For each position ``e`` where ``[SEP]`` is a candidate, every sentence ``[CLS] w_1 .. w_{e-1} [SEP]`` over
         the candidates of positions ``1 .. e-1`` (``[SEP]`` excluded there) is tested whole against the second span
-        (the paper's search), when there are at most ``max_combinations``; else :meth:`_beam` proposes them. Which
-        search served each length goes into ``info["encoder_search"]``."""
+        (the paper's search), when there are at most ``max_combinations``; else the first-layer links propose them
+        (:func:`~gradinv.attacks.dager_links.linked_sentences`, when set; ``info["linked"]`` counts what they found)
+        or :meth:`_beam` does. Which search served each length goes into ``info["encoder_search"]``."""
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
         found: list[tuple[list[int], float]] = []
         searched: list[tuple[int, str]] = info.setdefault("encoder_search", [])
         if cls not in candidates[0]:
             return found
+        if self._links is not None:
+
+            def accept(ids: list[int]) -> float | None:
+                worst = float(self._second(lay, basis, torch.tensor([ids])).max())
+                return worst if worst < self.tau2 else None
+
+            found += linked_sentences(self._links, cls, sep, accept)
+            info["linked"] = len(found)
         slots = [[t for t in tokens if t != sep] for tokens in candidates]
         ends = [p for p, tokens in enumerate(candidates) if sep in tokens and p >= 1]
         large = [e for e in ends if math.prod(len(s) for s in slots[1:e]) > self.max_combinations]
@@ -579,7 +608,9 @@ class DAGER:
             searched.append((end + 1, "all combinations"))
             for block in _product_blocks(slots[1:end], self.chunk):
                 found += self._whole(lay, basis, block, cls, sep)
-        if large:
+        if large and self._links is not None:  # the links proposed these lengths' sentences; no beam
+            searched += [(e + 1, "first-layer links") for e in large]
+        elif large:
             searched += [(e + 1, f"beam of {self.beam}") for e in large]
             for _, prefixes in self._beam(lay, basis, cls, slots, set(large)):
                 found += self._whole(lay, basis, prefixes[:, 1:], cls, sep)
