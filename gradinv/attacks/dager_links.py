@@ -33,7 +33,8 @@ true prefixes (4 of 16 sentences recovered). This module uses more of the first 
 
 Every sentence proposed is then tested whole against the second span, as DAGER tests any sentence: what is returned
 and certified passes the paper's test, the links only propose. A token occurring in two sentences hands over the sum
-of two key gradients and proposes nothing; a sentence whose every token occurs elsewhere in the batch is not found.
+of two sentences' key gradients, which neither sentence's queries span; a sentence each of whose tokens also occurs
+in another sentence may not be found.
 """
 
 from __future__ import annotations
